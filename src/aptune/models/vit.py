@@ -1,0 +1,394 @@
+"""VideoMAE ViT in its fine-tuning form, readable top to bottom.
+
+The layout of parameters (``patch_embed.proj``, ``blocks.N.attn.qkv``, ``attn.q_bias``,
+``fc_norm``, ``head`` ...) is the one of VideoMAE's fine-tuned checkpoints, so those load
+without renaming. Tuning methods attach to three hooks instead of forking the classes:
+
+* ``VisionTransformer.kv_prompts``  - extra key/value tokens per block (APT);
+* ``VisionTransformer.seq_prompts`` - tokens inserted into the sequence (VPT);
+* ``Block.mlp_adapter`` / ``Attention.qkv_delta`` - parallel branches (AdaptFormer, LoRA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AttnImpl = Literal["sdpa", "plain"]
+LN_EPS = 1e-6
+
+
+def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
+    """Fixed 1-D sinusoid table of VideoMAE: (1, N, D), computed in float64 like the reference."""
+    pos = torch.arange(num_positions, dtype=torch.float64)[:, None]  # (N, 1)
+    j = torch.arange(dim, dtype=torch.float64)[None, :]  # (1, D)
+    angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)
+    table = torch.where(j.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.float().unsqueeze(0)  # (1, N, D)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample; identity when ``p == 0`` or in eval mode."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class PatchEmbed(nn.Module):
+    """Tubelet embedding: (B, 3, T, H, W) -> (B, N, D), tokens in (t, h, w) order."""
+
+    def __init__(
+        self, img_size: int, patch_size: int, in_chans: int, dim: int, num_frames: int, tubelet: int
+    ) -> None:
+        super().__init__()
+        self.img_size, self.patch_size, self.tubelet_size = img_size, patch_size, tubelet
+        self.grid = (num_frames // tubelet, img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
+        kernel = (tubelet, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        if (T // self.tubelet_size, H // self.patch_size, W // self.patch_size) != self.grid:
+            raise ValueError(
+                f"input of shape (B, C, T, H, W) = {tuple(x.shape)} does not match the model's "
+                f"num_frames={self.grid[0] * self.tubelet_size}, input_size={self.img_size}; "
+                "rebuild the model with these sizes"
+            )
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, t, h, w) -> (B, N, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with VideoMAE's q/v-only bias and optional extra K/V tokens.
+
+    ``extra_kv = (k_extra, v_extra)`` of shape (M, d) (shared across heads, as APT's prompts)
+    or (B, h, M, d) is appended after the data keys/values; queries stay the N data tokens,
+    so the output keeps N tokens.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_impl: AttnImpl = "sdpa"
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.attn_impl: AttnImpl = attn_impl
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.qkv_delta: nn.Module | None = None  # LoRA hook: adds to the qkv projection
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        B, N, D = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias)  # (B, N, 3D)
+        if self.qkv_delta is not None:
+            qkv = qkv + self.qkv_delta(x)
+        qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, h, N, d)
+        if extra_kv is not None:
+            k_extra, v_extra = extra_kv
+            shape = (B, self.num_heads, k_extra.shape[-2], self.head_dim)
+            k = torch.cat((k, k_extra.to(k.dtype).expand(shape)), dim=2)  # (B, h, N+M, d)
+            v = torch.cat((v, v_extra.to(v.dtype).expand(shape)), dim=2)
+        if self.attn_impl == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N+M)
+            out = attn.softmax(dim=-1) @ v  # (B, h, N, d)
+        out = out.transpose(1, 2).reshape(B, N, D)
+        return self.proj(out)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; optional layer-scale (``init_values``) and MLP adapter."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        init_values: float | None = None,
+        attn_impl: AttnImpl = "sdpa",
+        norm_eps: float = LN_EPS,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_impl=attn_impl)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        if init_values:
+            self.gamma_1 = nn.Parameter(init_values * torch.ones(dim))
+            self.gamma_2 = nn.Parameter(init_values * torch.ones(dim))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+        self.mlp_adapter: nn.Module | None = None  # AdaptFormer hook: parallel to the MLP
+
+    def forward(
+        self, x: torch.Tensor, extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        a = self.attn(self.norm1(x), extra_kv)
+        x = x + self.drop_path(a if self.gamma_1 is None else self.gamma_1 * a)
+        m = self.mlp(self.norm2(x))
+        m = m if self.gamma_2 is None else self.gamma_2 * m
+        if self.mlp_adapter is not None:
+            m = m + self.mlp_adapter(x)
+        return x + self.drop_path(m)
+
+
+class VisionTransformer(nn.Module):
+    """VideoMAE encoder with mean pooling and a linear head: (B, 3, T, H, W) -> (B, classes)."""
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        fc_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        init_values: float | None = None,
+        init_scale: float = 0.001,
+        num_frames: int = 16,
+        tubelet_size: int = 2,
+        attn_impl: AttnImpl = "sdpa",
+        norm_eps: float = LN_EPS,
+    ) -> None:
+        super().__init__()
+        if attn_impl not in ("sdpa", "plain"):
+            raise ValueError(f"attn_impl must be 'sdpa' or 'plain', got {attn_impl!r}")
+        self.num_classes, self.embed_dim, self.depth = num_classes, embed_dim, depth
+        self.num_heads, self.init_scale = num_heads, init_scale
+        self.num_frames, self.img_size, self.tubelet_size = num_frames, img_size, tubelet_size
+        self.patch_embed = PatchEmbed(
+            img_size, patch_size, in_chans, embed_dim, num_frames, tubelet_size
+        )
+        self.register_buffer(
+            "pos_embed", sinusoid_table(self.patch_embed.num_patches, embed_dim), persistent=False
+        )
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                qkv_bias,
+                rates[i],
+                init_values,
+                attn_impl,
+                norm_eps,
+            )
+            for i in range(depth)
+        )
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_dropout = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.kv_prompts: nn.Module | None = None  # APT hook: block index -> (k, v) or None
+        self.seq_prompts: nn.Module | None = None  # VPT hook: insert/drop tokens
+        self.apply(_init_weights)
+        self.reset_head(num_classes)
+
+    # -- configuration -------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def set_attn_impl(self, impl: AttnImpl) -> None:
+        """Switch every block between the fused SDPA kernel and the plain reference path."""
+        if impl not in ("sdpa", "plain"):
+            raise ValueError(f"attn_impl must be 'sdpa' or 'plain', got {impl!r}")
+        for blk in self.blocks:
+            blk.attn.attn_impl = impl
+
+    def reset_head(self, num_classes: int) -> None:
+        """New head with the reference init: trunc-normal(0.02), then scaled by init_scale."""
+        self.num_classes = num_classes
+        if num_classes <= 0:
+            self.head = nn.Identity()
+            return
+        self.head = nn.Linear(self.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        with torch.no_grad():
+            self.head.weight.mul_(self.init_scale)
+            self.head.bias.mul_(self.init_scale)
+
+    def no_grad_prefix(self) -> int:
+        """Number of leading blocks whose forward needs no autograd graph.
+
+        Nothing before the first block that owns (or receives) a trainable tensor can get
+        a gradient, so those blocks run under ``torch.no_grad()`` - APT with prompts from
+        block k on skips the graph for blocks 0..k-1.
+        """
+        if any(p.requires_grad for p in self.patch_embed.parameters()):
+            return 0
+        if self.seq_prompts is not None and any(
+            p.requires_grad for p in self.seq_prompts.parameters()
+        ):
+            return min(getattr(self.seq_prompts, "first_block", 0), self.depth)
+        first_kv = self.depth
+        if self.kv_prompts is not None and any(
+            p.requires_grad for p in self.kv_prompts.parameters()
+        ):
+            first_kv = getattr(self.kv_prompts, "first_block", 0)
+        for i, blk in enumerate(self.blocks[: min(first_kv, self.depth)]):
+            if any(p.requires_grad for p in blk.parameters()):
+                return i
+        return min(first_kv, self.depth)
+
+    # -- forward -------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> pooled, normalised features (B, D)."""
+        frozen = self.no_grad_prefix() if torch.is_grad_enabled() else 0
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            x = self.patch_embed(x)  # (B, N, D)
+            x = x + self.pos_embed.to(dtype=x.dtype)
+            x = self._run_blocks(x, 0, frozen)
+        x = self._run_blocks(x, frozen, self.depth)
+        if self.seq_prompts is not None:
+            x = self.seq_prompts.drop(x)  # (B, N, D): the head sees data tokens only
+        return self.fc_norm(x.mean(dim=1))
+
+    def _run_blocks(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        for i in range(start, end):
+            if self.seq_prompts is not None:
+                x = self.seq_prompts.insert(x, i)  # (B, P + N, D)
+            extra = self.kv_prompts(i) if self.kv_prompts is not None else None
+            x = self.blocks[i](x, extra)
+        return x
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc_dropout(feats))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv3d):
+        # as a Linear over the flattened tubelet (VideoMAE's xavier-uniform view of it)
+        w = m.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+# -- named sizes --------------------------------------------------------------------------
+#: name -> (embed_dim, depth, num_heads); patch 16, MLP ratio 4 for all.
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    "vit_nano_patch16_224": (64, 2, 2),
+    "vit_micro_patch16_224": (128, 4, 4),
+    "vit_tiny_patch16_224": (192, 12, 3),
+    "vit_small_patch16_224": (384, 12, 6),
+    "vit_base_patch16_224": (768, 12, 12),
+    "vit_large_patch16_224": (1024, 24, 16),
+    "vit_huge_patch16_224": (1280, 32, 16),
+}
+
+
+def create_vit(
+    name: str,
+    num_classes: int = 400,
+    num_frames: int = 16,
+    img_size: int = 224,
+    tubelet_size: int = 2,
+    drop_path: float = 0.0,
+    fc_drop_rate: float = 0.0,
+    init_scale: float = 0.001,
+    init_values: float | None = None,
+    attn_impl: AttnImpl = "sdpa",
+    **overrides: object,
+) -> VisionTransformer:
+    """Build a named VideoMAE ViT; ``overrides`` may change embed_dim, depth, num_heads."""
+    key = name if name in MODEL_SIZES else f"{name}_patch16_224"
+    if key not in MODEL_SIZES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_SIZES)}")
+    dim, depth, heads = MODEL_SIZES[key]
+    kw: dict = dict(embed_dim=dim, depth=depth, num_heads=heads)
+    kw.update(overrides)
+    return VisionTransformer(
+        img_size=img_size,
+        num_classes=num_classes,
+        num_frames=num_frames,
+        tubelet_size=tubelet_size,
+        drop_path_rate=drop_path,
+        fc_drop_rate=fc_drop_rate,
+        init_scale=init_scale,
+        init_values=init_values,
+        attn_impl=attn_impl,
+        **kw,
+    )
+
+
+def _named(name: str) -> Callable[..., VisionTransformer]:
+    def constructor(**kwargs: object) -> VisionTransformer:
+        if "input_size" in kwargs:  # the reference flag's name
+            kwargs["img_size"] = kwargs.pop("input_size")
+        return create_vit(name, **kwargs)  # type: ignore[arg-type]
+
+    constructor.__name__ = name
+    constructor.__doc__ = f"VideoMAE {name}: D, depth, heads = {MODEL_SIZES[name]}."
+    return constructor
+
+
+vit_nano_patch16_224 = _named("vit_nano_patch16_224")
+vit_micro_patch16_224 = _named("vit_micro_patch16_224")
+vit_tiny_patch16_224 = _named("vit_tiny_patch16_224")
+vit_small_patch16_224 = _named("vit_small_patch16_224")
+vit_base_patch16_224 = _named("vit_base_patch16_224")
+vit_large_patch16_224 = _named("vit_large_patch16_224")
+vit_huge_patch16_224 = _named("vit_huge_patch16_224")
+
+__all__ = ["Attention", "Block", "VisionTransformer", "MODEL_SIZES", "create_vit"]
