@@ -1,0 +1,204 @@
+"""`aptune prepare {ucf101,hmdb51,ssv2,folder}`: official split files -> VideoMAE lists.
+
+Writes `train.csv`, `val.csv`, `test.csv` and `classes.txt` into `--out`. As in VideoMAE's
+UCF101/HMDB51 lists, val and test both hold the test split; for SSv2 both hold the labelled
+validation set. Videos named in the split files but missing on disk are reported (first few
+and the total) and left out of the lists; nothing found at all is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DataError
+from .lists import (
+    SplitSet,
+    read_hmdb51_split,
+    read_ssv2,
+    read_ucf101_split,
+    scan_class_folder,
+    write_class_names,
+    write_video_list,
+)
+
+DATASETS = ("ucf101", "hmdb51", "ssv2", "folder")
+SHOW_MISSING = 5
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    classes: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # relative names missing on disk
+    listed: int = 0  # distinct videos named by the split files
+
+
+def _first(candidates: list[Path], test) -> Path | None:
+    return next((c for c in candidates if test(c)), None)
+
+
+def _locate(dataset: str, root: Path, split: int, video_root: Path | None) -> tuple[SplitSet, Path]:
+    """Read the split files of `dataset` under `root`; return them and the video folder."""
+    if dataset == "ucf101":
+        lists = _first([root / "ucfTrainTestlist", root], lambda d: (d / "classInd.txt").is_file())
+        if lists is None:
+            raise DataError(f"no ucfTrainTestlist/classInd.txt under {root}: give the UCF101 root")
+        found = read_ucf101_split(lists, split)
+        videos = _first([root / "UCF-101", root / "UCF101", root], Path.is_dir)
+    elif dataset == "hmdb51":
+        name = f"*_test_split{split}.txt"
+        splits = _first([root / "testTrainMulti_7030_splits", root], lambda d: any(d.glob(name)))
+        if splits is None:
+            raise DataError(f"no testTrainMulti_7030_splits/{name} under {root}: give HMDB51 root")
+        found = read_hmdb51_split(splits, split)
+        cls = found.classes[0]
+        candidates = [root, root / "hmdb51_org", root / "videos", root / "hmdb51"]
+        videos = _first(candidates, lambda d: (d / cls).is_dir()) or root
+    elif dataset == "ssv2":
+        has_labels = lambda d: any(  # noqa: E731
+            (d / n).is_file() for n in ("labels.json", "something-something-v2-labels.json")
+        )
+        labels = _first([root, root / "labels"], has_labels)
+        if labels is None:
+            raise DataError(f"no labels.json under {root} or {root / 'labels'}: give the SSv2 root")
+        found = read_ssv2(labels)
+        candidates = [root / "20bn-something-something-v2", root / "videos", root]
+        videos = _first(candidates, Path.is_dir)
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}")
+    return found, (video_root or videos)
+
+
+def _folder_splits(root: Path, val_ratio: float) -> SplitSet:
+    """Class folders: `root/{train,val,test}/<class>/` if present, else a per-class holdout."""
+    if (root / "train").is_dir():
+        classes, train = scan_class_folder(root / "train")
+        found = SplitSet(classes, train=[(f"train/{p}", lb) for p, lb in train])
+        for split in ("val", "test"):
+            if (root / split).is_dir():
+                names, items = scan_class_folder(root / split)
+                index = {c: i for i, c in enumerate(classes)}
+                items = [(f"{split}/{p}", index[names[lb]]) for p, lb in items]
+                setattr(found, split, items)
+        found.val = found.val or found.test
+        found.test = found.test or found.val
+        return found
+    classes, items = scan_class_folder(root)
+    found = SplitSet(classes)
+    every = max(int(round(1 / val_ratio)), 2) if val_ratio > 0 else 0
+    for label in range(len(classes)):
+        mine = [it for it in items if it[1] == label]
+        for k, item in enumerate(mine):
+            held = every and len(mine) > 1 and k % every == every - 1
+            (found.val if held else found.train).append(item)
+    found.test = list(found.val)
+    return found
+
+
+def prepare(
+    dataset: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    split: int = 1,
+    video_root: str | os.PathLike | None = None,
+    absolute: bool = True,
+    val_ratio: float = 0.2,
+) -> PrepareResult:
+    """Write the lists of `dataset` found under `root` into `out`; see the module docstring."""
+    root, out = Path(root).resolve(), Path(out)
+    vroot = Path(video_root).resolve() if video_root else None
+    if not root.is_dir():
+        raise DataError(f"--root {root} is not a folder: give the dataset download folder")
+    if dataset == "folder":
+        found, videos = _folder_splits(vroot or root, val_ratio), vroot or root
+    else:
+        found, videos = _locate(dataset, root, split, vroot)
+    result = PrepareResult(out, found.classes)
+    missing: set[str] = set()
+    named: set[str] = set()
+    for name in ("train", "val", "test"):
+        rows = []
+        for rel, label in getattr(found, name):
+            named.add(rel)
+            if not (videos / rel).exists():
+                missing.add(rel)
+                continue
+            rows.append((str(videos / rel) if absolute else rel, label))
+        result.counts[name] = write_video_list(out / f"{name}.csv", rows)
+    write_class_names(out / "classes.txt", found.classes)
+    result.missing, result.listed = sorted(missing), len(named)
+    result.counts["unlabeled_test"] = len(found.unlabeled)
+    return result
+
+
+def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `prepare` on the CLI's sub-command parsers."""
+    p = subparsers.add_parser(
+        "prepare",
+        help="write VideoMAE list files (train/val/test.csv, classes.txt) for a dataset",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dataset", choices=DATASETS, help="layout of --root")
+    p.add_argument("--root", required=True, help="dataset download folder")
+    p.add_argument("--split", type=int, choices=(1, 2, 3), default=1, help="UCF101/HMDB51 split")
+    p.add_argument("--out", required=True, help="folder for the list files (--data_path)")
+    p.add_argument("--video_root", default=None, help="folder of the videos if not under --root")
+    p.add_argument(
+        "--absolute",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="absolute video paths (default); --no-absolute writes paths relative to the "
+        "video folder, to be joined with --data_root at training time",
+    )
+    p.add_argument("--val_ratio", type=float, default=0.2, help="folder: held-out fraction")
+    p.set_defaults(func=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Run `prepare` from parsed flags; prints counts and missing videos; returns exit code."""
+    try:
+        result = prepare(
+            args.dataset, args.root, args.out, args.split, args.video_root, args.absolute,
+            args.val_ratio,
+        )  # fmt: skip
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.dataset}: {len(result.classes)} classes -> {result.out}")
+    for name in ("train", "val", "test"):
+        print(f"  {name + '.csv':10s} {result.counts[name]:7d} videos")
+    if result.counts["unlabeled_test"]:
+        print(f"  (test json: {result.counts['unlabeled_test']} unlabelled ids, not listed)")
+    if result.missing:
+        shown = ", ".join(result.missing[:SHOW_MISSING])
+        more = " ..." if len(result.missing) > SHOW_MISSING else ""
+        print(
+            f"warning: {len(result.missing)} of {result.listed} videos named in the split "
+            f"files are missing on disk (check --root / --video_root): {shown}{more}",
+            file=sys.stderr,
+        )
+    if result.listed and len(result.missing) == result.listed:
+        print("error: none of the listed videos exist on disk", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m aptune.data.prepare ucf101 --root ... --out ...`."""
+    parser = argparse.ArgumentParser(prog="aptune")
+    add_prepare_parser(parser.add_subparsers(dest="command", required=True))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "prepare":
+        argv.insert(0, "prepare")
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
