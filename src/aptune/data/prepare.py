@@ -75,7 +75,8 @@ def _locate(dataset: str, root: Path, split: int, video_root: Path | None) -> tu
 
 
 def _folder_splits(root: Path, val_ratio: float) -> SplitSet:
-    """Class folders: `root/{train,val,test}/<class>/` if present, else a per-class holdout."""
+    """Class folders: `root/{train,val,test}/<class>/` if present, else hold out `val_ratio`
+    of each class (at least one video when a class has two or more)."""
     if (root / "train").is_dir():
         classes, train = scan_class_folder(root / "train")
         found = SplitSet(classes, train=[(f"train/{p}", lb) for p, lb in train])
@@ -90,12 +91,12 @@ def _folder_splits(root: Path, val_ratio: float) -> SplitSet:
         return found
     classes, items = scan_class_folder(root)
     found = SplitSet(classes)
-    every = max(int(round(1 / val_ratio)), 2) if val_ratio > 0 else 0
     for label in range(len(classes)):
         mine = [it for it in items if it[1] == label]
-        for k, item in enumerate(mine):
-            held = every and len(mine) > 1 and k % every == every - 1
-            (found.val if held else found.train).append(item)
+        # the last videos of each class (by name, so clips of one source stay together)
+        held = max(1, round(len(mine) * val_ratio)) if val_ratio > 0 and len(mine) > 1 else 0
+        found.train += mine[: len(mine) - held]
+        found.val += mine[len(mine) - held :]
     found.test = list(found.val)
     return found
 

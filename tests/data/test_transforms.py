@@ -1,0 +1,104 @@
+"""Clip transforms: identical augmentation across frames, flip, crops, normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aptune.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    TrainTransform,
+    normalize,
+    resize_short_side,
+    sample_crop_box,
+)
+
+MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+
+
+def _constant_clip(t=6, h=48, w=64, seed=0):
+    frame = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return np.repeat(frame[None], t, axis=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_all_frames_augmented_identically(seed):
+    tf = TrainTransform(32, flip=True, auto_augment="rand-m9-n4-mstd0.5-inc1", reprob=1.0)
+    clip = tf(_constant_clip(), np.random.default_rng(seed))
+    assert clip.shape == (3, 6, 32, 32) and clip.dtype == torch.float32
+    for t in range(1, 6):
+        torch.testing.assert_close(clip[:, t], clip[:, 0], rtol=0, atol=0)
+
+
+def test_rand_augment_is_applied_and_keeps_global_rng():
+    frames = _constant_clip()
+    plain = TrainTransform(32, flip=False)
+    strong = TrainTransform(32, flip=False, auto_augment="rand-m9-n4-mstd0.5-inc1")
+    state = np.random.get_state()[1].copy()
+    differs = [
+        not torch.equal(
+            plain(frames, np.random.default_rng(s)), strong(frames, np.random.default_rng(s))
+        )
+        for s in range(4)
+    ]
+    assert any(differs)
+    assert np.array_equal(np.random.get_state()[1], state)
+
+
+def _left_minus_right(tf, seed):
+    half = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+    half[:, :, 32:] = 255  # dark left half, bright right half
+    clip = tf(half, np.random.default_rng(seed))
+    return float(clip[:, :, :, :4].mean() - clip[:, :, :, -4:].mean())
+
+
+def test_flip_only_when_enabled():
+    no_flip = TrainTransform(16, flip=False)
+    flip = TrainTransform(16, flip=True)
+    assert all(_left_minus_right(no_flip, s) <= 1e-6 for s in range(30))
+    assert any(_left_minus_right(flip, s) > 1.0 for s in range(30))
+
+
+def test_crop_box_ranges():
+    for s in range(50):
+        x0, y0, x1, y1 = sample_crop_box(240, 320, 224, np.random.default_rng(s))
+        assert 0 <= x0 < x1 <= 320 and 0 <= y0 < y1 <= 240
+        assert 3 / 4 - 0.05 <= (x1 - x0) / (y1 - y0) <= 4 / 3 + 0.05
+
+
+def test_normalize_values():
+    grey = np.full((2, 4, 4, 3), 128, dtype=np.uint8)
+    out = normalize(grey)
+    assert out.shape == (3, 2, 4, 4)
+    torch.testing.assert_close(out, ((128 / 255 - MEAN) / STD).expand(3, 2, 4, 4))
+
+
+def _column_coded(h, w):
+    frames = np.zeros((2, h, w, 3), dtype=np.uint8)
+    frames[:] = np.arange(w, dtype=np.uint8)[None, None, :, None]
+    frames += np.arange(h, dtype=np.uint8)[None, :, None, None] * (w == 32)  # rows if portrait
+    return frames
+
+
+def _first_value(view):
+    return round(float((view[0, 0, 0, 0] * STD[0] + MEAN[0]).item() * 255))
+
+
+def test_test_crops_spread_along_long_side():
+    ev = EvalTransform(input_size=32, short_side_size=32, num_crops=3)
+    landscape = ev.resize(_column_coded(32, 96))  # already short side 32: no resize
+    assert [_first_value(ev.view(landscape, j)) for j in range(3)] == [0, 32, 64]
+    portrait = ev.resize(_column_coded(96, 32))
+    assert [_first_value(ev.view(portrait, j)) for j in range(3)] == [0, 32, 64]
+    assert ev.view(landscape, 0).shape == (3, 2, 32, 32)
+    centre = EvalTransform(input_size=32, short_side_size=32, num_crops=1)
+    assert _first_value(centre.view(landscape, 0)) == 32
+
+
+def test_resize_short_side():
+    out = resize_short_side(np.zeros((3, 60, 100, 3), dtype=np.uint8), 48)
+    assert out.shape == (3, 3, 48, 80) and out.dtype == torch.uint8
