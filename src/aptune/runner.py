@@ -1,0 +1,233 @@
+"""Training and evaluation runs: resume, epochs, validation, checkpoints, final test.
+
+What a run folder holds: ``config.yaml`` (resolved flags), ``log.txt`` (one JSON line per
+epoch, as the reference), ``tb/`` (TensorBoard scalars), ``checkpoint-NNNN/`` (latest
+complete states, written atomically), ``checkpoint-best/``, and after the final test
+``metrics.json``, ``predictions.jsonl``, ``per_class.json``, ``curves.png`` and
+``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aptune import training as T
+from aptune.checkpoint import (
+    find_latest_checkpoint,
+    load_model_weights,
+    load_training_state,
+    save_best,
+    save_training_state,
+)
+from aptune.config import save_config, to_dict
+from aptune.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
+from aptune.engine import Precision, predict_views, resolve_precision, train_one_epoch
+from aptune.metrics import EvalResult, evaluate_probs, merge_views, write_predictions
+from aptune.reports import RunLogger, write_final_reports
+from aptune.tuning import parameter_report
+
+log = logging.getLogger("aptune")
+
+
+def evaluate_split(
+    model, loader, info: DistInfo, precision: Precision, args, desc: str
+) -> EvalResult | None:
+    """Evaluate on every rank's shard (dist_eval) or on rank 0; merged result on rank 0."""
+    net = getattr(model, "module", model)
+    if info.enabled and not args.dist_eval:
+        records = (
+            [predict_views(net, loader, info, precision, not args.no_progress, desc)]
+            if (info.is_main)
+            else []
+        )
+        barrier(info)
+    else:
+        mine = predict_views(net, loader, info, precision, not args.no_progress, desc)
+        records = all_gather_objects(mine, info)
+    if not info.is_main:
+        return None
+    ids, probs, labels, views = merge_views(records)
+    return evaluate_probs(ids, probs, labels, views, args.nb_classes)
+
+
+def _resume(args, model, ts, out: Path) -> tuple[int, dict]:
+    """-> (first epoch to run, extra state such as the best metric)."""
+    path = Path(args.resume) if args.resume else None
+    if path is None and args.auto_resume:
+        path = find_latest_checkpoint(out)
+    if path is None:
+        return args.start_epoch, {}
+    state = load_training_state(path, model, ts.optimizer, ts.scaler, ts.ema)
+    log.info("resumed from %s (epoch %d done)", path, state["epoch"])
+    return state["epoch"] + 1, state.get("extra", {})
+
+
+def train(args: argparse.Namespace) -> dict:
+    """The ``aptune train`` / ``run_class_apt.py`` job; returns the final metrics."""
+    info = init_distributed(args.device, args.local_rank)
+    out = T.run_dir(args)
+    try:
+        return _train(args, info, out)
+    finally:
+        cleanup(info)
+
+
+def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(args, out)
+    if args.enable_deepspeed:
+        log.info("--enable_deepspeed: DeepSpeed is not used; aptune's built-in engine runs "
+                 "the same recipe (DDP + autocast)")  # fmt: skip
+    T.seed_everything(args.seed + info.rank)
+    splits = ("train",) + (() if args.disable_eval_during_finetuning else ("val",)) + ("test",)
+    datasets = T.build_datasets(args, splits)
+    names = datasets["train"].class_names
+    if info.is_main and names:
+        (out / "classes.txt").write_text("\n".join(names) + "\n")
+    model = T.build_run_model(args, info)
+    report = parameter_report(model)
+    precision = resolve_precision(args.precision, info.device)
+    if info.is_main:
+        log.info("model %s, transfer_type %s, precision %s, %d process(es) on %s\n%s",
+                 args.model, args.transfer_type, precision.name, info.world_size,
+                 info.device, report)  # fmt: skip
+    ddp_model = T.wrap_ddp(model, info)
+    steps = T.steps_per_epoch(len(datasets["train"]), args, info)
+    ts = T.build_train_step(args, model, ddp_model, info, steps)
+    loaders = {s: T.EpochLoader(d, args, info, train=s == "train") for s, d in datasets.items()}
+    start_epoch, extra = _resume(args, model, ts, out)
+    logger = RunLogger(out, args.log_dir, info.is_main)
+    best = extra.get("best", {"top1": -1.0, "epoch": -1})
+    full = T.trains_backbone(model)
+    config = to_dict(args)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, args.epochs):
+        T.seed_everything(args.seed + info.rank + 7_919 * (epoch + 1))
+        loaders["train"].set_epoch(epoch)
+        if ts.mixup is not None:
+            ts.mixup.rng = np.random.default_rng(args.seed * 1_000_003 + epoch * 31 + info.rank)
+        stats = train_one_epoch(ts, loaders["train"], epoch, info, not args.no_progress,
+                                on_step=logger.step)  # fmt: skip
+        skipped = all_gather_objects(stats.skipped, info)
+        record = {"epoch": epoch, **stats.as_dict(), "n_parameters": report.trainable}
+        record["skipped_videos"] = sum(len(s) for s in skipped)
+        if record["skipped_videos"] and info.is_main:
+            names = sorted({p for s in skipped for p, _ in s})
+            log.warning("epoch %d: skipped %d unreadable training video(s): %s", epoch,
+                        record["skipped_videos"], ", ".join(names[:10]))  # fmt: skip
+            record["skipped_paths"] = names
+        if "val" in loaders:
+            val = evaluate_split(ddp_model, loaders["val"], info, precision, args, "val")
+            if val is not None:
+                record.update({f"val_{k}": v for k, v in val.summary().items()})
+                if val.top1 > best["top1"]:
+                    best = {"top1": val.top1, "top5": val.top5, "epoch": epoch}
+                    if args.save_ckpt:
+                        save_best(out, epoch, model, config=config, extra={"best": best},
+                                  trainable_only=not full)  # fmt: skip
+        last = epoch + 1 == args.epochs
+        if info.is_main:
+            logger.epoch(record)
+            if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or last):
+                save_training_state(out, epoch, model, ts.optimizer, ts.scaler, ts.ema,
+                                    config=config, extra={"best": best},
+                                    trainable_only=not full)  # fmt: skip
+        barrier(info)
+    result = {"best_val": best, "train_time_s": round(time.perf_counter() - started, 2)}
+    test = evaluate_split(ddp_model, loaders["test"], info, precision, args, "test")
+    if test is not None:
+        ds = datasets["test"]
+        write_predictions(test, out / "predictions.jsonl", ds.video_paths, ds.class_names)
+        result.update({"test": test.summary(), "parameters": report.as_dict()})
+        write_final_reports(out, test, ds.class_names, result, logger.history())
+        log.info("test: top-1 %.2f%%, top-5 %.2f%% over %d videos x %d views",
+                 test.top1, test.top5, test.num_videos, test.views_per_video)  # fmt: skip
+    logger.close()
+    return result
+
+
+def load_run(run: Path, which: str = "last") -> tuple[argparse.Namespace, Path]:
+    """Config and weights file of a finished run folder (``last`` or ``best``)."""
+    from aptune.config import ConfigError, build_train_parser, finalize, load_yaml
+
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{run}: no config.yaml; give the output_dir of an aptune train run")
+    args = build_train_parser().parse_args([])
+    vars(args).update(load_yaml(cfg_path))
+    args = finalize(args)
+    ckpt = run / "checkpoint-best" if which == "best" else find_latest_checkpoint(run)
+    if ckpt is None or not (ckpt / "model.safetensors").is_file():
+        raise ConfigError(f"{run}: no complete {which} checkpoint; train the run first")
+    return args, ckpt
+
+
+def load_trained_model(run: Path, which: str, info: DistInfo, overrides: dict | None = None):
+    args, ckpt = load_run(run, which)
+    vars(args).update(overrides or {})
+    model = T.build_run_model(args, info)
+    load_model_weights(ckpt / "model.safetensors", model)
+    model.eval()
+    return args, model
+
+
+def evaluate_run(run: Path, which: str = "last", overrides: dict | None = None) -> dict:
+    """``aptune eval RUN``: all test views of the run's test list (or a new --data_path)."""
+    info = init_distributed("auto")
+    try:
+        args, model = load_trained_model(run, which, info, overrides)
+        ds = T.build_datasets(args, ("test",))["test"]
+        loader = T.EpochLoader(ds, args, info, train=False)
+        precision = resolve_precision(args.precision, info.device)
+        res = evaluate_split(model, loader, info, precision, args, "test")
+        if res is None:
+            return {}
+        out = Path(overrides.get("eval_output", run)) if overrides else run
+        out.mkdir(parents=True, exist_ok=True)
+        write_predictions(res, out / "eval_predictions.jsonl", ds.video_paths, ds.class_names)
+        summary = {"test": res.summary(), "checkpoint": str(Path(run) / which)}
+        per_class = dict(zip(ds.class_names or map(str, range(args.nb_classes)), res.per_class))
+        (out / "eval_metrics.json").write_text(
+            json.dumps({**summary, "per_class": per_class}, indent=2)
+        )
+        np.savetxt(out / "eval_confusion.csv", res.confusion, fmt="%d", delimiter=",")
+        return {**summary, "per_class": per_class}
+    finally:
+        cleanup(info)
+
+
+def evaluate_args(args: argparse.Namespace) -> dict:
+    """The reference's ``--eval``: test --finetune, or the newest checkpoint of --resume /
+    --output_dir, on all test views; writes predictions.jsonl into --output_dir."""
+    info = init_distributed(args.device, args.local_rank)
+    try:
+        model = T.build_run_model(args, info)
+        ckpt = Path(args.resume) if args.resume else None
+        if ckpt is None and args.output_dir and args.auto_resume:
+            ckpt = find_latest_checkpoint(Path(args.output_dir))
+        if ckpt is not None:
+            weights = ckpt / "model.safetensors" if ckpt.is_dir() else ckpt
+            load_model_weights(weights, model)
+            log.info("evaluating weights of %s", weights)
+        ds = T.build_datasets(args, ("test",))["test"]
+        loader = T.EpochLoader(ds, args, info, train=False)
+        precision = resolve_precision(args.precision, info.device)
+        res = evaluate_split(model, loader, info, precision, args, "test")
+        if res is None:
+            return {}
+        if args.output_dir:
+            out = Path(args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            write_predictions(res, out / "predictions.jsonl", ds.video_paths, ds.class_names)
+        log.info("test: top-1 %.2f%%, top-5 %.2f%% over %d videos x %d views",
+                 res.top1, res.top5, res.num_videos, res.views_per_video)  # fmt: skip
+        return {"test": res.summary()}
+    finally:
+        cleanup(info)

@@ -1,0 +1,219 @@
+"""Builders that turn resolved flags into the pieces of a run: data, model, optimiser.
+
+Kept apart from the loop (``engine``) and the orchestration (``runner``) so ``eval`` and
+``predict`` reuse exactly the construction that training used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from aptune.build import build_model
+from aptune.config import method_options
+from aptune.data import DataConfig, build_dataset, collate_clips
+from aptune.distributed import DistInfo
+from aptune.engine import TrainStep, resolve_precision
+from aptune.mixup import VideoMixup, soft_target_cross_entropy
+from aptune.models.vit import VisionTransformer
+from aptune.optim import ModelEma, build_optimizer, cosine_schedule, scaled_lr
+
+log = logging.getLogger("aptune")
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    return DataConfig(
+        data_set=args.data_set,
+        data_path=args.data_path,
+        eval_data_path=args.eval_data_path,
+        data_root=args.data_root,
+        nb_classes=args.nb_classes,
+        num_frames=args.num_frames,
+        sampling_rate=args.sampling_rate,
+        tubelet_size=args.tubelet_size,
+        input_size=args.input_size,
+        short_side_size=args.short_side_size,
+        num_sample=args.num_sample,
+        test_num_segment=args.test_num_segment,
+        test_num_crop=args.test_num_crop,
+        aa=args.aa,
+        is_aa=args.is_aa,
+        reprob=args.reprob,
+        remode=args.remode,
+        recount=args.recount,
+        train_interpolation=args.train_interpolation,
+        sampling=args.sampling,
+        backend=args.decoder,
+        strict_data=args.strict_data,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Workers draw numpy/random from their torch seed, itself from the loader's generator."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class EpochLoader:
+    """A DataLoader whose shuffling and worker seeds depend only on (seed, epoch, rank).
+
+    This is what makes a resumed run identical to an uninterrupted one: no RNG state of
+    earlier epochs leaks into the data order or the augmentations.
+    """
+
+    def __init__(self, dataset, args: argparse.Namespace, info: DistInfo, train: bool) -> None:
+        self.dataset, self.seed, self.info = dataset, args.seed, info
+        self.generator = torch.Generator()
+        if info.enabled and (train or args.dist_eval):
+            self.sampler = DistributedSampler(
+                dataset, info.world_size, info.rank, shuffle=train, seed=args.seed, drop_last=train
+            )
+        elif train:
+            self.sampler = RandomSampler(dataset, generator=self.generator)
+        else:
+            self.sampler = SequentialSampler(dataset)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=args.batch_size if train else args.batch_size_val,
+            sampler=self.sampler,
+            num_workers=args.num_workers,
+            pin_memory=args.pin_mem and info.device.type == "cuda",
+            drop_last=train,
+            collate_fn=collate_clips,
+            worker_init_fn=_seed_worker,
+            generator=self.generator,
+            persistent_workers=False,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + epoch * 7_919 + self.info.rank)
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def build_datasets(args: argparse.Namespace, splits: tuple[str, ...]) -> dict:
+    cfg = data_config(args)
+    return {split: build_dataset(split, cfg) for split in splits}
+
+
+def build_run_model(args: argparse.Namespace, info: DistInfo) -> VisionTransformer:
+    model = build_model(
+        args.model,
+        num_classes=args.nb_classes,
+        transfer_type=args.transfer_type,
+        num_frames=args.num_frames,
+        input_size=args.input_size,
+        tubelet_size=args.tubelet_size,
+        drop_path=args.drop_path,
+        fc_drop_rate=args.fc_drop_rate,
+        init_scale=args.init_scale,
+        checkpoint=args.finetune or None,
+        model_key=args.model_key,
+        attn_impl=args.attn_impl,
+        **method_options(args),
+    )
+    return model.to(info.device)
+
+
+def trains_backbone(model: VisionTransformer) -> bool:
+    return any(c.trains_backbone for c in getattr(model, "tuning_configs", []))
+
+
+def steps_per_epoch(num_train: int, args: argparse.Namespace, info: DistInfo) -> int:
+    per_step = args.batch_size * args.update_freq * info.world_size
+    steps = num_train // per_step
+    if steps < 1:
+        raise ValueError(
+            f"the training list has {num_train} videos, fewer than one optimiser step needs "
+            f"(--batch_size {args.batch_size} x --update_freq {args.update_freq} x "
+            f"{info.world_size} processes); lower --batch_size"
+        )
+    return steps
+
+
+def build_train_step(
+    args: argparse.Namespace, model, ddp_model, info: DistInfo, steps: int
+) -> TrainStep:
+    world = info.world_size
+    lr = scaled_lr(args.lr, args.batch_size, args.update_freq, world)
+    min_lr = scaled_lr(args.min_lr, args.batch_size, args.update_freq, world)
+    warmup_lr = scaled_lr(args.warmup_lr, args.batch_size, args.update_freq, world)
+    layer_decay = args.layer_decay if trains_backbone(model) else None
+    optimizer = build_optimizer(
+        model,
+        opt=args.opt,
+        lr=lr,
+        weight_decay=args.weight_decay,
+        opt_eps=args.opt_eps,
+        opt_betas=tuple(args.opt_betas) if args.opt_betas else None,
+        momentum=args.momentum,
+        layer_decay=layer_decay,
+    )
+    lr_values = cosine_schedule(
+        lr, min_lr, args.epochs, steps, args.warmup_epochs, warmup_lr, args.warmup_steps
+    )
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_values = cosine_schedule(args.weight_decay, wd_end, args.epochs, steps)
+    precision = resolve_precision(args.precision, info.device)
+    scaler = torch.amp.GradScaler("cuda") if precision.name == "fp16" else None
+    ema = None
+    if args.model_ema:
+        ema = ModelEma(model, decay=args.model_ema_decay)
+    mixup = None
+    if (args.mixup > 0 or args.cutmix > 0) and args.mixup_prob > 0:
+        mixup = VideoMixup(
+            args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob,
+            args.smoothing, args.nb_classes,
+        )  # fmt: skip
+
+    def criterion(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=args.smoothing)
+
+    return TrainStep(
+        model=ddp_model,
+        optimizer=optimizer,
+        lr_values=lr_values,
+        wd_values=wd_values,
+        steps_per_epoch=steps,
+        update_freq=args.update_freq,
+        clip_grad=args.clip_grad,
+        precision=precision,
+        scaler=scaler,
+        ema=ema,
+        mixup=mixup,
+        criterion=criterion,
+        soft_criterion=soft_target_cross_entropy,
+        max_steps=args.max_steps_per_epoch,
+    )
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    if not info.enabled:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def run_dir(args: argparse.Namespace) -> Path:
+    if not args.output_dir:
+        raise ValueError("--output_dir is required: it holds checkpoints, logs and reports")
+    return Path(args.output_dir)
