@@ -129,7 +129,13 @@ def _convert_hf(raw: dict[str, torch.Tensor], where: str) -> tuple[dict, list[st
         except KeyError as e:
             raise CheckpointError(f"{where}: layer {i} lacks attention weight {e}") from None
         out[f"blocks.{i}.attn.qkv.weight"] = torch.cat(w, dim=0)  # (3D, D), q,k,v order
-        for hf, ours in (("query.bias", "q_bias"), ("value.bias", "v_bias")):
+        # transformers 4.x (and the files 5.x writes) name them q_bias/v_bias
+        for hf, ours in (
+            ("query.bias", "q_bias"),
+            ("q_bias", "q_bias"),
+            ("value.bias", "v_bias"),
+            ("v_bias", "v_bias"),
+        ):
             if hf in parts:
                 out[f"blocks.{i}.attn.{ours}"] = parts.pop(hf)
         kb = parts.pop("key.bias", None)
