@@ -23,8 +23,8 @@ def frame_index(frame: np.ndarray) -> int:
 
 @pytest.fixture(scope="session")
 def coded_frames() -> np.ndarray:
-    """Frames carrying their own index (robust to lossy compression), 32x48."""
-    frames = np.full((NUM_FRAMES, 32, 48, 3), 90, dtype=np.uint8)
+    """Frames carrying their own index (robust to lossy compression), 32x64."""
+    frames = np.full((NUM_FRAMES, 32, 64, 3), 90, dtype=np.uint8)
     for i in range(NUM_FRAMES):
         for b in range(6):
             frames[i, :8, 8 * b : 8 * b + 8] = 255 if (i >> b) & 1 else 0

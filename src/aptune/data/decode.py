@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import importlib.util
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 
 from .errors import VideoDecodeError
 
+log = logging.getLogger("aptune.data")
 BACKENDS = ("auto", "pyav", "decord", "frames")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -171,10 +173,10 @@ class PyAVReader(VideoReader):
 class DecordReader(VideoReader):
     """decord's VideoReader (optional); fast random access on some codecs."""
 
-    def __init__(self, path: str, threads: int = 1) -> None:
+    def __init__(self, path: str, threads: int = 1, fallback: bool = False) -> None:
         import decord
 
-        self.path = path
+        self.path, self._fallback, self._threads = path, fallback, threads
         _check_file(path)
         try:
             self._vr = decord.VideoReader(path, num_threads=threads)
@@ -186,7 +188,14 @@ class DecordReader(VideoReader):
             raise VideoDecodeError(f"video has no frames: {path}")
 
     def _read(self, wanted: list[int]) -> dict[int, np.ndarray]:
-        frames = self._vr.get_batch(wanted).asnumpy()
+        try:
+            frames = self._vr.get_batch(wanted).asnumpy()
+        except Exception as exc:  # e.g. decord's stride bug on some widths
+            if not self._fallback:
+                raise
+            log.info("decord failed on %s (%s); reading it with PyAV", self.path, _one_line(exc))
+            with PyAVReader(self.path, self._threads) as reader:
+                return reader._read(wanted)
         self.frames_decoded += len(wanted)
         return dict(zip(wanted, frames))
 
@@ -238,8 +247,8 @@ def open_video(path: str | os.PathLike, backend: str = "auto", threads: int = 1)
     kind = resolve_backend(path, backend)
     if kind == "frames":
         return FramesReader(path)
-    if kind == "decord":
-        return DecordReader(path, threads)
+    if kind == "decord":  # chosen by "auto": fall back to PyAV where decord breaks
+        return DecordReader(path, threads, fallback=backend == "auto")
     return PyAVReader(path, threads)
 
 
