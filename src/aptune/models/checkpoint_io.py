@@ -185,7 +185,7 @@ def _read_hf_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
         if not f.is_file():
             continue
         if name.endswith(".index.json"):
-            shards = sorted(set(json.loads(f.read_text())["weight_map"].values()))
+            shards = sorted(set(read_json(f).get("weight_map", {}).values()))
             sd: dict[str, torch.Tensor] = {}
             for shard in shards:
                 sd.update(_read_hf_weights_file(folder / shard))
