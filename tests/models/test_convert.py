@@ -294,6 +294,9 @@ def _bad_files(ckpt, tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
     files["text"] = (tmp_path / "notes.pth", "not a PyTorch checkpoint")
     files["text"][0].write_text("epoch 3: loss 0.12\n")
+    files["no_such_file"] = (tmp_path / "nope.pth", "no such file")
+    files["bad_safetensors"] = (tmp_path / "model.safetensors", r"not a readable \.safetensors")
+    files["bad_safetensors"][0].write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     files["empty"] = (tmp_path / "empty.pth", "empty")
     files["empty"][0].write_bytes(b"")
     files["truncated"] = (tmp_path / "truncated.pth", "truncated")
@@ -327,6 +330,8 @@ def _bad_files(ckpt, tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 BAD = [
+    "no_such_file",
+    "bad_safetensors",
     "text",
     "empty",
     "truncated",
