@@ -143,7 +143,15 @@ def test_half_written_checkpoints_are_ignored(tmp_path: Path, caplog):
     assert find_latest_checkpoint(tmp_path / "nothing-here") is None
 
 
-def test_keep_last_and_best(tmp_path: Path):
+def test_keep_last_and_best(tmp_path: Path, monkeypatch):
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
     model = nano(0)
     save_best(tmp_path, 0, model, extra={"best": 1.0})
     for epoch in range(4):
@@ -152,6 +160,7 @@ def test_keep_last_and_best(tmp_path: Path):
     assert names == ["checkpoint-0002", "checkpoint-0003", "checkpoint-best"]
     best = save_best(tmp_path, 3, model, extra={"best": 2.0})  # replaces the old best
     assert load_training_state(best, model, restore_rng=False)["extra"] == {"best": 2.0}
+    assert calls == [True]  # state.pt is never unpickled with code execution allowed
     assert find_latest_checkpoint(tmp_path) == tmp_path / "checkpoint-0003"
     assert not list(tmp_path.glob(".tmp-*"))
 
