@@ -26,7 +26,10 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def decord_available() -> bool:
-    return importlib.util.find_spec("decord") is not None
+    try:
+        return importlib.util.find_spec("decord") is not None
+    except (ImportError, ValueError):  # e.g. sys.modules["decord"] = None to disable it
+        return False
 
 
 def _check_file(path: str) -> None:
