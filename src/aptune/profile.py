@@ -1,0 +1,397 @@
+"""``aptune profile``: the cost side of the paper's comparison, measured on this machine.
+
+For one backbone and input shape, each method gets a row: tunable parameters (count and %
+of the backbone), forward and train-step GFLOPs counted by
+``torch.utils.flop_counter.FlopCounterMode`` (CPU SDPA kernels are not in its table, so
+we register the standard SDPA formulas for them), measured CPU inference latency and
+train-step time (forward + backward + AdamW step; median of ``repeats`` after one
+warm-up), peak resident memory, and the size of the trainable-only safetensors
+checkpoint. A FLOP sweep over prompt counts (meta tensors: no compute) shows APT's
+advantage over VPT-deep: APT adds keys/values only, VPT-deep adds tokens to every block.
+
+Memory: each method runs in a fresh ``spawn`` process, so allocator caches and the model
+of one method never count for the next. Peaks are Linux ``VmHWM`` (reset per phase via
+``/proc/self/clear_refs``), reported absolute and as the increase over the process's RSS
+before the phase (activations, gradients, optimiser state). ``ru_maxrss`` is the fallback
+elsewhere; it cannot be reset, so there the train peak is a peak since process start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+DEFAULT_METHODS = "prompt,vpt_deep,adapter,lora,linear,end2end"
+DEFAULT_SWEEP = "1,2,50,100,200,400"
+
+
+# -- FLOPs ------------------------------------------------------------------------------
+def _sdpa_fwd(q, k, v, *args, out_shape=None, **kwargs) -> int:  # shapes, not tensors
+    return sdpa_flop_count(q, k, v)
+
+
+def _sdpa_bwd(grad, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad, q, k, v)
+
+
+def _flop_mapping() -> dict[Any, Callable[..., int]]:
+    """SDPA's CPU kernels, which FlopCounterMode would count as zero."""
+    aten, mapping = torch.ops.aten, {}
+    for name, fn in (
+        ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_fwd),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_bwd),
+    ):
+        if hasattr(aten, name):
+            mapping[getattr(aten, name)] = fn
+    return mapping
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of everything ``fn`` runs (forward, backward), multiply-add = 2 FLOPs."""
+    with FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def count_inference_flops(model: torch.nn.Module, fn: Callable[[], object]) -> int:
+    """``count_flops`` with every ``requires_grad`` off while it runs.
+
+    FlopCounterMode's module tracker asserts on views of trainable parameters taken under
+    ``no_grad`` (in this torch they still report ``requires_grad``); inference needs no
+    grad flags, so they are switched off and restored.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        return count_flops(fn)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+# -- memory -----------------------------------------------------------------------------
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0  # kB -> MB
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+    except OSError:
+        pass
+
+
+def _peak_mb() -> float:
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # bytes vs kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def _rss_mb() -> float:
+    rss = _status_mb("VmRSS")
+    return rss if rss is not None else _peak_mb()
+
+
+# -- one method -------------------------------------------------------------------------
+@dataclasses.dataclass
+class Spec:
+    """Everything a child process needs to measure one method."""
+
+    model_name: str
+    method: str
+    num_frames: int
+    input_size: int
+    batch_size: int
+    num_classes: int
+    options: dict[str, Any]
+    repeats: int
+    bf16: bool
+    threads: int | None = None
+
+
+def _timed(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(spec: Spec) -> dict[str, Any]:
+    """Build, count, time and weigh one method (meant to run in a fresh process)."""
+    from safetensors.torch import save_file
+
+    import aptune
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    torch.manual_seed(0)
+    model = aptune.build_model(
+        spec.model_name, num_classes=spec.num_classes, transfer_type=spec.method,
+        num_frames=spec.num_frames, input_size=spec.input_size, **spec.options,
+    )  # fmt: skip
+    report = aptune.parameter_report(model)
+    trainable = {k: p.detach().contiguous() for k, p in model.named_parameters() if p.requires_grad}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trainable.safetensors"
+        save_file(trainable, str(path))
+        ckpt_bytes = path.stat().st_size
+    del trainable
+    B = spec.batch_size
+    x = torch.randn(B, 3, spec.num_frames, spec.input_size, spec.input_size)
+    y = torch.randint(0, spec.num_classes, (B,))
+    precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.bf16)
+    row: dict[str, Any] = {"method": spec.method, "rss_model_mb": _rss_mb()}
+
+    model.eval()
+
+    def infer() -> None:
+        with torch.no_grad(), precision:
+            model(x)
+
+    _reset_peak()
+    before = _rss_mb()
+    fwd_flops = count_inference_flops(model, infer)  # doubles as the warm-up
+    latency = _timed(infer, spec.repeats)
+    infer_peak = _peak_mb()
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with precision:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    _reset_peak()
+    train_before = _rss_mb()
+    train_flops = count_flops(train_step)  # warm-up; also allocates AdamW's state
+    step = _timed(train_step, spec.repeats)
+    train_peak = _peak_mb()
+    row.update(
+        trainable_params=report.trainable,
+        backbone_params=report.backbone_total,
+        trainable_pct=report.trainable_percent,
+        fwd_gflops=fwd_flops / 1e9 / B,
+        train_gflops=train_flops / 1e9 / B,
+        infer_s_per_clip=latency / B,
+        train_s_per_clip=step / B,
+        peak_infer_mb=infer_peak,
+        extra_infer_mb=max(infer_peak - before, 0.0),
+        peak_train_mb=train_peak,
+        extra_train_mb=max(train_peak - train_before, 0.0),
+        ckpt_bytes=ckpt_bytes,
+        threads=torch.get_num_threads(),
+    )
+    return row
+
+
+def profile_methods(
+    model_name: str = "vit_base_patch16_224",
+    methods: list[str] | None = None,
+    num_frames: int = 16,
+    input_size: int = 224,
+    batch_size: int = 1,
+    num_classes: int = 174,
+    method_options: dict[str, Any] | None = None,
+    repeats: int = 3,
+    bf16: bool = False,
+    isolate: bool = True,
+    threads: int | None = None,
+) -> list[dict]:
+    """One row per method (see the module docstring); FLOPs are per clip.
+
+    ``isolate`` runs each method in a fresh spawned process (honest memory figures);
+    ``False`` measures in this process, for debugging.
+    """
+    from aptune.tuning import parse_transfer_type
+
+    methods = methods or DEFAULT_METHODS.split(",")
+    options = {k: v for k, v in (method_options or {}).items() if v is not None}
+    for method in methods:  # fail on a bad name or option before any slow work
+        parse_transfer_type(method, options)
+    rows = []
+    for method in methods:
+        spec = Spec(model_name, method, num_frames, input_size, batch_size, num_classes,
+                    options, repeats, bf16, threads)  # fmt: skip
+        if isolate:
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                rows.append(pool.apply(measure, (spec,)))
+        else:
+            rows.append(measure(spec))
+    base = next((r["fwd_gflops"] for r in rows if r["method"] == "linear"), None)
+    for r in rows:
+        r["fwd_vs_linear"] = r["fwd_gflops"] / base if base else None
+    return rows
+
+
+def flops_sweep(
+    model_name: str,
+    tokens: list[int],
+    num_frames: int = 16,
+    input_size: int = 224,
+    num_classes: int = 174,
+) -> list[dict]:
+    """Forward GFLOPs per clip of APT and VPT-deep by prompt count (meta tensors, instant)."""
+    import aptune
+
+    def gflops(transfer_type: str, **options: Any) -> float:
+        with torch.device("meta"):
+            model = aptune.build_model(
+                model_name, num_classes=num_classes, transfer_type=transfer_type,
+                num_frames=num_frames, input_size=input_size, **options,
+            ).eval()  # fmt: skip
+            x = torch.empty(1, 3, num_frames, input_size, input_size)
+            with torch.no_grad():
+                return count_inference_flops(model, lambda: model(x)) / 1e9
+
+    base = gflops("linear")
+    rows = [{"tokens": 0, "prompt": base, "vpt_deep": base, "linear": base}]
+    for n in tokens:
+        apt, vpt = gflops("prompt", prompt_num_tokens=n), gflops("vpt_deep", vpt_num_tokens=n)
+        rows.append({"tokens": n, "prompt": apt, "vpt_deep": vpt, "linear": base})
+    return rows
+
+
+# -- CLI --------------------------------------------------------------------------------
+def add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """``--<prefix><field>`` for every registered method's config fields, default unset."""
+    from aptune.tuning import METHODS
+
+    group = parser.add_argument_group("method options (unset: the method's default)")
+    seen: set[str] = set()
+    for cfg in METHODS.values():
+        for f in dataclasses.fields(cfg):
+            flag = cfg.flag_prefix() + f.name
+            if not cfg.flag_prefix() or flag in seen:
+                continue
+            seen.add(flag)
+            kind = type(f.default) if f.default is not None else str
+            if "int" in str(f.type) and f.default is None:
+                kind = int
+            if kind is bool:
+                group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction)
+            else:
+                group.add_argument(f"--{flag}", type=kind, help=f"default {f.default!r}")
+
+
+def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--model", default="vit_base_patch16_224")
+    p.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help="comma-separated transfer types; combine with '+', e.g. prompt+lora",
+    )
+    p.add_argument("--num_frames", type=int, default=16)
+    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--nb_classes", type=int, default=174)
+    p.add_argument("--repeats", type=int, default=3, help="timed iterations after a warm-up")
+    p.add_argument("--bf16", action="store_true", help="CPU bf16 autocast (weights stay fp32)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--token_sweep",
+        default=DEFAULT_SWEEP,
+        help="prompt counts for the APT vs VPT-deep FLOP sweep ('' to skip)",
+    )
+    p.add_argument("--out", default="profile", help="directory for profile.{md,json,png}")
+    add_method_flags(p)
+    p.set_defaults(func=run_profile)
+    return p  # fmt: skip
+
+
+def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``aptune profile`` on the main CLI's subparsers."""
+    p = subparsers.add_parser(
+        "profile",
+        help="parameters, FLOPs, latency, memory and checkpoint size per tuning method",
+        description=__doc__.split("\n\n")[0],
+    )
+    return _configure(p)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as the user typed it (``python -m aptune.profile`` or ``aptune profile``)."""
+    if getattr(args, "command_line", None):
+        return args.command_line
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from aptune.profile_report import write_outputs
+    from aptune.tuning import METHODS, TuningConfigError
+
+    fields = [(cfg, f) for cfg in METHODS.values() for f in dataclasses.fields(cfg)]
+    flags = {cfg.flag_prefix() + f.name for cfg, f in fields}
+    options = {k: v for k, v in vars(args).items() if k in flags and v is not None}
+    if "vpt_num_tokens" not in options:  # like-for-like with APT unless asked otherwise
+        options["vpt_num_tokens"] = options.get("prompt_num_tokens", 2)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        sweep_tokens = [int(t) for t in args.token_sweep.split(",") if t.strip()]
+    except ValueError:
+        print(f"error: --token_sweep {args.token_sweep!r}: expected integers like 2,50,400")
+        return 2
+    settings = dict(
+        model=args.model, num_frames=args.num_frames, input_size=args.input_size,
+        batch_size=args.batch_size, nb_classes=args.nb_classes, repeats=args.repeats,
+        bf16=args.bf16, options=options, command=_command_line(args),
+        torch=torch.__version__, cpu=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M"),
+    )  # fmt: skip
+    try:
+        rows = profile_methods(
+            args.model, methods, args.num_frames, args.input_size, args.batch_size,
+            args.nb_classes, options, args.repeats, args.bf16, threads=args.threads,
+        )  # fmt: skip
+    except TuningConfigError as exc:
+        print(f"error: {exc}")
+        return 2
+    sweep = flops_sweep(args.model, sweep_tokens, args.num_frames, args.input_size,
+                        args.nb_classes) if sweep_tokens else []  # fmt: skip
+    settings["threads"] = rows[0]["threads"] if rows else None
+    paths = write_outputs(Path(args.out), settings, rows, sweep)
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _configure(argparse.ArgumentParser(prog="python -m aptune.profile"))
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    args.command_line = shlex.join(["python", "-m", "aptune.profile", *argv])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
