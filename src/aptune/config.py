@@ -29,10 +29,6 @@ def _bool_pair(g: argparse._ArgumentGroup, name: str, default: bool, help: str) 
     g.set_defaults(**{name: default})
 
 
-def _floats(text: str) -> list[float]:
-    return [float(t) for t in text.replace(",", " ").split()]
-
-
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and tuning method")
     g.add_argument(
@@ -111,7 +107,7 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--update_freq", type=int, default=1, help="gradient accumulation steps")
     g.add_argument("--opt", default="adamw", help="adamw | adam | sgd | momentum")
     g.add_argument("--opt_eps", type=float, default=1e-8)
-    g.add_argument("--opt_betas", type=_floats, default=None, help="e.g. '0.9 0.999'")
+    g.add_argument("--opt_betas", type=float, nargs="+", default=None, help="e.g. 0.9 0.999")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--clip_grad", type=float, default=None, help="max gradient norm")
     g.add_argument("--weight_decay", type=float, default=0.05)
@@ -125,7 +121,7 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
     g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0 = off)")
     g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0 = off)")
-    g.add_argument("--cutmix_minmax", type=_floats, default=None)
+    g.add_argument("--cutmix_minmax", type=float, nargs="+", default=None)
     g.add_argument("--mixup_prob", type=float, default=1.0)
     g.add_argument("--mixup_switch_prob", type=float, default=0.5)
     g.add_argument("--mixup_mode", default="batch", choices=["batch"])

@@ -20,8 +20,10 @@ log = logging.getLogger("aptune")
 class RunLogger:
     """``log.txt`` (one JSON object per epoch, appended, as the reference) + TensorBoard."""
 
-    def __init__(self, out: Path, tb_dir: str | None, enabled: bool) -> None:
+    def __init__(self, out: Path, tb_dir: str | None, enabled: bool, start_epoch: int = 0) -> None:
         self.out, self.enabled, self.writer = out, enabled, None
+        if enabled:
+            self._drop_epochs_from(start_epoch)
         if enabled and tb_dir:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -29,6 +31,16 @@ class RunLogger:
                 self.writer = SummaryWriter(log_dir=tb_dir)
             except ImportError:
                 log.info("tensorboard is not installed: scalars go to log.txt only")
+
+    def _drop_epochs_from(self, start_epoch: int) -> None:
+        """A resumed run re-does epochs >= start_epoch: forget their old lines (kept once)."""
+        path = self.out / "log.txt"
+        if not path.is_file():
+            return
+        kept = [h for h in self.history() if h.get("epoch", -1) < start_epoch]
+        tmp = path.with_suffix(".txt.tmp")
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in kept))
+        tmp.replace(path)
 
     def step(self, global_step: int, values: dict) -> None:
         if self.writer is not None:

@@ -103,7 +103,7 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
     ts = T.build_train_step(args, model, ddp_model, info, steps)
     loaders = {s: T.EpochLoader(d, args, info, train=s == "train") for s, d in datasets.items()}
     start_epoch, extra = _resume(args, model, ts, out)
-    logger = RunLogger(out, args.log_dir, info.is_main)
+    logger = RunLogger(out, args.log_dir, info.is_main, start_epoch)
     best = extra.get("best", {"top1": -1.0, "epoch": -1})
     full = T.trains_backbone(model)
     config = to_dict(args)

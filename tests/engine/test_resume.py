@@ -1,0 +1,102 @@
+"""Killed runs resume to exactly the weights of an uninterrupted run (same seed, CPU)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+from safetensors.torch import load_file
+
+import aptune.runner
+from aptune.cli import main
+
+
+def apt_flags(data: Path, out: Path, workers: int = 0) -> list[str]:
+    flags = TINY + [
+        "--transfer_type", "prompt", "--prompt_num_tokens", "2", "--prompt_reparam",
+        "--prompt_dropout", "0.1", "--data_path", str(data), "--output_dir", str(out),
+        "--batch_size", "4", "--epochs", "3", "--warmup_epochs", "1", "--lr", "0.5",
+        "--save_ckpt_freq", "1", "--seed", "3", "--is_aa", "--aa", "rand-m4-n2-mstd0.2-inc1",
+        "--reprob", "0.25", "--num_sample", "2",
+    ]  # fmt: skip
+    flags[flags.index("--num_workers") + 1] = str(workers)
+    return flags
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "checkpoint-0002" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(square_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert main(["train", *apt_flags(square_data, out, workers=1)]) == 0
+    return out
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = final_weights(a), final_weights(b)
+    assert set(wa) == set(wb) and "kv_prompts.prompt_embeddings_k" in wa
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_gives_the_same_final_weights(square_data, uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "aptune.cli", "train", *apt_flags(square_data, out, workers=1)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while not (out / "checkpoint-0000" / "COMPLETE").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists()
+    restarted = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert "resumed from" in restarted.stderr
+    assert_same_weights(uninterrupted, out)
+    epochs = [line for line in (out / "log.txt").read_text().splitlines() if line.strip()]
+    assert len(epochs) == 3  # re-done epochs are logged once
+
+
+def test_half_written_checkpoint_is_ignored_on_resume(
+    square_data, uninterrupted, tmp_path, monkeypatch, caplog
+):
+    out = tmp_path / "run"
+    real_save = aptune.runner.save_training_state
+
+    class Killed(BaseException):
+        pass
+
+    def save_then_die(output_dir, epoch, *a, **kw):
+        real_save(output_dir, epoch, *a, **kw)
+        raise Killed  # the process dies right after its first complete checkpoint
+
+    monkeypatch.setattr(aptune.runner, "save_training_state", save_then_die)
+    with pytest.raises(Killed):
+        main(["train", *apt_flags(square_data, out, workers=1)])
+    monkeypatch.setattr(aptune.runner, "save_training_state", real_save)
+    # what a kill during the next save leaves: a temp folder and a folder without marker
+    half = out / "checkpoint-0001"
+    shutil.copytree(out / "checkpoint-0000", half)
+    (half / "COMPLETE").unlink()
+    data = (half / "model.safetensors").read_bytes()
+    (half / "model.safetensors").write_bytes(data[: len(data) // 2])
+    shutil.copytree(out / "checkpoint-0000", out / ".tmp-checkpoint-crash")
+    caplog.set_level("INFO", logger="aptune")
+    assert main(["train", *apt_flags(square_data, out, workers=1)]) == 0
+    assert "checkpoint-0000" in " ".join(r.getMessage() for r in caplog.records if
+                                         "resumed" in r.getMessage())  # fmt: skip
+    assert_same_weights(uninterrupted, out)

@@ -1,0 +1,91 @@
+"""Training, evaluation and prediction end to end on real video files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from simple_videos import square_clip  # noqa: E402
+
+from aptune.cli import main  # noqa: E402
+from aptune.data.synthetic import write_video  # noqa: E402
+
+
+def test_training_beats_chance_and_writes_reports(trained_run: Path):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["test"]["num_videos"] == 24 and metrics["test"]["views_per_video"] == 4
+    assert metrics["test"]["top1"] >= 75.0, metrics  # chance is 25%
+    log = [json.loads(line) for line in (trained_run / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(4))
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert all(r["skipped_videos"] == 0 for r in log)
+    preds = (trained_run / "predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 24
+    first = json.loads(preds[0])
+    assert first["label_name"] in ("left", "right", "up", "down") and len(first["top5"]) == 4
+    for name in ("curves.png", "confusion.png", "config.yaml", "summary.md", "classes.txt"):
+        assert (trained_run / name).is_file(), name
+    assert any((trained_run / "tb").iterdir()), "TensorBoard scalars missing"
+    assert (trained_run / "checkpoint-best" / "model.safetensors").is_file()
+
+
+def test_eval_reproduces_logged_accuracy(trained_run: Path, tmp_path: Path, capsys):
+    assert main(["eval", str(trained_run), "--output", str(tmp_path)]) == 0
+    logged = json.loads((trained_run / "metrics.json").read_text())["test"]
+    again = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert again["test"]["top1"] == logged["top1"]
+    assert again["test"]["top5"] == logged["top5"]
+    assert set(again["per_class"]) == {"left", "right", "up", "down"}
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_predict_names_the_class_of_new_videos(trained_run: Path, tmp_path: Path, capsys):
+    rng = np.random.default_rng(123)
+    videos = []
+    for name in ("left", "down"):
+        path = tmp_path / f"new_{name}.mp4"
+        write_video(path, square_clip(name, 8, 48, rng), 25)
+        videos.append(str(path))
+    assert main(["predict", *videos, "--run", str(trained_run), "--json", "--topk", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [item["topk"][0][1] for item in out] == ["left", "down"]
+    assert all(len(item["topk"]) == 3 for item in out)
+    probs = [p for _, _, p in out[0]["topk"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+
+def test_info_prints_config_and_parameters(trained_run: Path, capsys):
+    assert main(["info", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "transfer_type: random" in out and "trainable" in out and "top1" in out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--transfer_type", "promt"], "unknown method 'promt'"),
+        (["--finetune", "/nonexistent/checkpoint.pth"], "/nonexistent/checkpoint.pth"),
+        (["--num_frames", "7"], "--num_frames 7 must be a multiple of --tubelet_size"),
+    ],
+)
+def test_bad_flags_give_one_line_errors(square_data, tmp_path, capsys, flags, message):
+    from conftest import TINY
+
+    args = ["train", *TINY, "--data_path", str(square_data), "--output_dir", str(tmp_path), *flags]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("aptune: error:") and message in err[-1]
+
+
+def test_missing_list_file_fails_before_training(tmp_path, capsys):
+    from conftest import TINY
+
+    assert main(["train", *TINY, "--data_path", str(tmp_path), "--output_dir",
+                 str(tmp_path / "run")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "train.csv" in err and not (tmp_path / "run" / "log.txt").exists()
