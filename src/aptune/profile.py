@@ -4,7 +4,7 @@ For one backbone and input shape, each method gets a row: tunable parameters (co
 of the backbone), forward and train-step GFLOPs counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (CPU SDPA kernels are not in its table, so
 we register the standard SDPA formulas for them), measured CPU inference latency and
-train-step time (forward + backward + AdamW step; median of ``repeats`` after one
+train-step time (forward + backward + AdamW step; best of ``repeats`` after one
 warm-up), peak resident memory, and the size of the trainable-only safetensors
 checkpoint. A FLOP sweep over prompt counts (meta tensors: no compute) shows APT's
 advantage over VPT-deep: APT adds keys/values only, VPT-deep adds tokens to every block.
@@ -25,7 +25,6 @@ import os
 import platform
 import resource
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -134,13 +133,15 @@ class Spec:
     threads: int | None = None
 
 
-def _timed(fn: Callable[[], object], repeats: int) -> float:
+def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall times of ``repeats`` calls; the caller reports the best (min), as ``timeit``
+    advises: on a shared machine slower runs measure other processes, not the method."""
     times = []
     for _ in range(max(repeats, 1)):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
 def measure(spec: Spec) -> dict[str, Any]:
@@ -203,8 +204,10 @@ def measure(spec: Spec) -> dict[str, Any]:
         trainable_pct=report.trainable_percent,
         fwd_gflops=fwd_flops / 1e9 / B,
         train_gflops=train_flops / 1e9 / B,
-        infer_s_per_clip=latency / B,
-        train_s_per_clip=step / B,
+        infer_s_per_clip=min(latency) / B,
+        train_s_per_clip=min(step) / B,
+        infer_times_s=latency,
+        train_times_s=step,
         peak_infer_mb=infer_peak,
         extra_infer_mb=max(infer_peak - before, 0.0),
         peak_train_mb=train_peak,

@@ -55,7 +55,8 @@ def markdown(settings: dict[str, Any], rows: list[dict], sweep: list[dict]) -> s
         "Tunable params include `fc_norm` + `head`; % is of the backbone without head. GFLOPs "
         "counted by `torch.utils.flop_counter.FlopCounterMode` (multiply-add = 2, SDPA "
         "included), per clip; the train step is forward + backward (frozen weights get no "
-        "weight gradient). Times: median of the timed repeats after one warm-up. Memory: "
+        "weight gradient). Times: best of the timed repeats after one warm-up (all are in the "
+        "JSON). Memory: "
         "peak RSS (`VmHWM`) of a fresh process per method, and the train phase's peak over "
         "the RSS before it (activations, gradients, AdamW state). Checkpoint: safetensors of "
         "the trainable tensors only (fp32).",
