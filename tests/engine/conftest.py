@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from simple_videos import write_dataset  # noqa: E402
+from engine_support import TINY, write_dataset  # noqa: E402
 
 from aptune.cli import main  # noqa: E402
-
-#: flags shared by the engine tests: a tiny ViT on 8-frame 32-px clips, 4 classes
-TINY = [
-    "--model", "vit_nano", "--data_set", "SSV2", "--nb_classes", "4", "--num_frames", "8",
-    "--input_size", "32", "--short_side_size", "32", "--num_workers", "0", "--no_progress",
-    "--mixup", "0", "--cutmix", "0", "--reprob", "0", "--drop_path", "0",
-    "--test_num_segment", "2", "--test_num_crop", "2", "--num_sample", "1",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from engine_support import TINY
 from safetensors.torch import load_file
 
 import aptune.runner

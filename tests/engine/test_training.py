@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from simple_videos import square_clip  # noqa: E402
+from engine_support import TINY, square_clip  # noqa: E402
 
 from aptune.cli import main  # noqa: E402
 from aptune.data.synthetic import write_video  # noqa: E402
@@ -74,8 +74,6 @@ def test_info_prints_config_and_parameters(trained_run: Path, capsys):
     ],
 )
 def test_bad_flags_give_one_line_errors(square_data, tmp_path, capsys, flags, message):
-    from conftest import TINY
-
     args = ["train", *TINY, "--data_path", str(square_data), "--output_dir", str(tmp_path), *flags]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -83,8 +81,6 @@ def test_bad_flags_give_one_line_errors(square_data, tmp_path, capsys, flags, me
 
 
 def test_missing_list_file_fails_before_training(tmp_path, capsys):
-    from conftest import TINY
-
     assert main(["train", *TINY, "--data_path", str(tmp_path), "--output_dir",
                  str(tmp_path / "run")]) == 2  # fmt: skip
     err = capsys.readouterr().err

@@ -9,6 +9,14 @@ import numpy as np
 
 from aptune.data.synthetic import write_video
 
+#: flags shared by the engine tests: a tiny ViT on 8-frame 32-px clips, 4 classes
+TINY = [
+    "--model", "vit_nano", "--data_set", "SSV2", "--nb_classes", "4", "--num_frames", "8",
+    "--input_size", "32", "--short_side_size", "32", "--num_workers", "0", "--no_progress",
+    "--mixup", "0", "--cutmix", "0", "--reprob", "0", "--drop_path", "0",
+    "--test_num_segment", "2", "--test_num_crop", "2", "--num_sample", "1",
+]  # fmt: skip
+
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 #: each class also has its own colour, so a tiny model separates them in a few epochs
 COLOURS = {
