@@ -1,0 +1,201 @@
+"""``aptune pretrain``: VideoMAE self-supervised pre-training on the fine-tuning engine.
+
+The same machinery as ``aptune train`` runs it: ``EpochLoader`` (data order a function of
+seed and epoch), the engine's ``train_one_epoch`` (per-step lr/wd schedules, clipping,
+accumulation, DDP, bf16, NaN guard, skipped-video accounting), atomic
+``checkpoint-NNNN/`` folders with auto-resume, and ``log.txt`` via ``RunLogger``. The only
+new piece is :class:`MaskedVideoObjective`, a module whose forward returns the loss, so
+the engine's criterion is the identity.
+
+Output folder: ``config.yaml``, ``log.txt``, ``checkpoint-NNNN/`` and, at the end,
+``pretrain.safetensors``: encoder + decoder in VideoMAE's pre-training key layout, which
+``aptune train --finetune`` / ``build_model(checkpoint=...)`` read like an official
+``checkpoint.pth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import torch
+from torch import nn
+
+from aptune import training as T
+from aptune.checkpoint import (
+    find_latest_checkpoint,
+    load_training_state,
+    save_model_weights,
+    save_training_state,
+)
+from aptune.config import save_config, to_dict
+from aptune.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
+from aptune.engine import Precision, TrainStep, resolve_precision, train_one_epoch
+from aptune.optim import build_optimizer, cosine_schedule, scaled_lr
+from aptune.pretrain.data import UnlabelledClips, find_videos
+from aptune.pretrain.masking import tube_mask
+from aptune.pretrain.model import PretrainVideoMAE, build_pretrain_model, masked_mse, pixel_targets
+from aptune.reports import RunLogger
+
+log = logging.getLogger("aptune")
+PRETRAIN_FILE = "pretrain.safetensors"
+
+
+class MaskedVideoObjective(nn.Module):
+    """clips -> masked-reconstruction loss; draws the tube masks itself.
+
+    Masks come from a generator reseeded by :meth:`set_epoch` with (seed, epoch, rank), so
+    the masks of an epoch do not depend on what ran before it: resuming reproduces them.
+    """
+
+    def __init__(
+        self, model: PretrainVideoMAE, mask_ratio: float, norm_pix: bool, seed: int, rank: int
+    ) -> None:
+        super().__init__()
+        self.model, self.mask_ratio, self.norm_pix = model, mask_ratio, norm_pix
+        self.seed, self.rank = seed, rank
+        self.generator = torch.Generator()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch * 104_729 + self.rank)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        if clips.shape[0] == 0:  # every video of the batch was unreadable: zero loss
+            return sum(p.sum() for p in self.model.parameters()) * 0.0
+        mask = tube_mask(self.model.grid, self.mask_ratio, clips.shape[0], self.generator)
+        mask = mask.to(clips.device)
+        with torch.no_grad():
+            target = pixel_targets(
+                clips, self.model.tubelet_size, self.model.patch_size, self.norm_pix
+            )  # (B, N, P) fp32
+        pred = self.model(clips, mask)  # (B, N_mask, P)
+        return masked_mse(pred, target, mask)
+
+
+def build_from_args(args: argparse.Namespace) -> PretrainVideoMAE:
+    return build_pretrain_model(
+        args.model, num_frames=args.num_frames, img_size=args.input_size,
+        tubelet_size=args.tubelet_size, decoder_dim=args.decoder_dim,
+        decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_num_heads,
+        drop_path=args.drop_path,
+    )  # fmt: skip
+
+
+def _train_step(args, model, objective, info: DistInfo, steps: int) -> TrainStep:
+    world = info.world_size
+    lr = scaled_lr(args.lr, args.batch_size, args.update_freq, world)
+    min_lr = scaled_lr(args.min_lr, args.batch_size, args.update_freq, world)
+    warmup_lr = scaled_lr(args.warmup_lr, args.batch_size, args.update_freq, world)
+    optimizer = build_optimizer(
+        model, opt="adamw", lr=lr, weight_decay=args.weight_decay, opt_eps=args.opt_eps,
+        opt_betas=tuple(args.opt_betas),
+    )  # fmt: skip
+    lr_values = cosine_schedule(
+        lr, min_lr, args.epochs, steps, args.warmup_epochs, warmup_lr, args.warmup_steps
+    )
+    wd_values = cosine_schedule(args.weight_decay, args.weight_decay, args.epochs, steps)
+    precision = (
+        Precision("bf16", info.device.type) if args.bf16 else resolve_precision("fp32", info.device)
+    )
+    return TrainStep(
+        model=objective, optimizer=optimizer, lr_values=lr_values, wd_values=wd_values,
+        steps_per_epoch=steps, update_freq=args.update_freq, clip_grad=args.clip_grad,
+        precision=precision, criterion=lambda loss, _labels: loss,
+        max_steps=args.max_steps_per_epoch,
+    )  # fmt: skip
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    """Entry point of ``aptune pretrain`` (set by ``add_pretrain_parser``)."""
+    info = init_distributed(args.device, args.local_rank)
+    try:
+        pretrain(args, info)
+    finally:
+        cleanup(info)
+    return 0
+
+
+def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
+    """Run (or resume) a pre-training job; returns a summary of the run."""
+    info = info or DistInfo()
+    out = T.run_dir(args)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(args, out)
+    T.seed_everything(args.seed + info.rank)
+    videos, source = find_videos(args.data_path, args.data_root)
+    dataset = UnlabelledClips(
+        videos, args.num_frames, args.sampling_rate, args.input_size, flip=args.flip,
+        scale=(args.min_crop_scale, 1.0), backend=args.decoder, strict=args.strict_data,
+    )  # fmt: skip
+    model = build_from_args(args).to(info.device)
+    objective = MaskedVideoObjective(model, args.mask_ratio, args.norm_pix_loss, args.seed,
+                                     info.rank).to(info.device)  # fmt: skip
+    ddp = T.wrap_ddp(objective, info)
+    steps = T.steps_per_epoch(len(dataset), args, info)
+    ts = _train_step(args, model, ddp, info, steps)
+    loader = T.EpochLoader(dataset, args, info, train=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_enc = sum(p.numel() for p in model.encoder.parameters())
+    if info.is_main:
+        log.info("pre-training %s (encoder %s params, total %s) on %d videos from %s; "
+                 "%d steps/epoch, mask ratio %.2f, tokens %s, precision %s",
+                 args.model, f"{n_enc:,}", f"{n_params:,}", len(videos), source, steps,
+                 args.mask_ratio, model.grid, ts.precision.name)  # fmt: skip
+    start_epoch = 0
+    ckpt = find_latest_checkpoint(out) if args.auto_resume else None
+    if ckpt is not None:
+        state = load_training_state(ckpt, model, ts.optimizer)
+        start_epoch = state["epoch"] + 1
+        log.info("resumed from %s (epoch %d done)", ckpt, state["epoch"])
+    logger = RunLogger(out, args.log_dir, info.is_main, start_epoch)
+    config, started = to_dict(args), time.perf_counter()
+    for epoch in range(start_epoch, args.epochs):
+        T.seed_everything(args.seed + info.rank + 7_919 * (epoch + 1))
+        loader.set_epoch(epoch)
+        objective.set_epoch(epoch)
+        stats = train_one_epoch(ts, loader, epoch, info, not args.no_progress,
+                                on_step=logger.step)  # fmt: skip
+        skipped = [p for s in all_gather_objects(stats.skipped, info) for p, _ in s]
+        record = {"epoch": epoch, **stats.as_dict(), "skipped_videos": len(skipped),
+                  "time_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+        if info.is_main:
+            log.info("epoch %d: loss %.4f, lr %.2e, %.1f clips/s", epoch, stats.loss,
+                     stats.lr, stats.clips_per_s)  # fmt: skip
+            logger.epoch(record)
+            last = epoch + 1 == args.epochs
+            if (epoch + 1) % args.save_ckpt_freq == 0 or last:
+                save_training_state(out, epoch, model, ts.optimizer, config=config,
+                                    extra={"kind": "pretrain"}, trainable_only=False)  # fmt: skip
+        barrier(info)
+    history = logger.history()
+    logger.close()
+    summary = {
+        "model": args.model,
+        "epochs": args.epochs,
+        "final_loss": history[-1]["train_loss"] if history else None,
+        "loss_per_epoch": [round(h["train_loss"], 4) for h in history],
+        "videos": len(videos),
+        "encoder_params": n_enc,
+        "time_s_this_session": round(time.perf_counter() - started, 1),
+    }
+    if info.is_main:
+        arch = {k: config[k] for k in ("model", "num_frames", "input_size", "tubelet_size",
+                                       "sampling_rate", "mask_ratio") if k in config}  # fmt: skip
+        arch.update(decoder_dim=model.decoder.norm.normalized_shape[0],
+                    decoder_depth=len(model.decoder.blocks))  # fmt: skip
+        save_model_weights(out / PRETRAIN_FILE, model, trainable_only=False,
+                           metadata={"kind": "videomae-pretrain", "architecture": arch,
+                                     "summary": summary})  # fmt: skip
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("pre-trained weights: %s (VideoMAE pre-training layout; fine-tune with "
+                 "aptune train --model %s --finetune %s)", out / PRETRAIN_FILE, args.model,
+                 out / PRETRAIN_FILE)  # fmt: skip
+    barrier(info)
+    return summary
+
+
+__all__ = ["MaskedVideoObjective", "PRETRAIN_FILE", "pretrain", "run_pretrain"]

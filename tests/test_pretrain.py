@@ -1,0 +1,230 @@
+"""aptune pretrain: tube masks, pixel targets, learning, the saved layout, the bundled backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import aptune
+from aptune.cli import main
+from aptune.data.errors import DataError
+from aptune.data.synthetic import make_clip, write_video
+from aptune.data.transforms import normalize
+from aptune.models.convert import load_pretrained
+from aptune.pretrain import demo_backbone_config, demo_backbone_path
+from aptune.pretrain.data import find_videos
+from aptune.pretrain.masking import tube_mask
+from aptune.pretrain.model import build_pretrain_model, masked_mse, pixel_targets
+
+TINY = dict(name="vit_nano_patch16_224", num_frames=4, img_size=32, decoder_depth=1)
+
+
+# -- masking --------------------------------------------------------------------------------
+def test_tube_mask_counts_and_same_pattern_over_time():
+    grid = (4, 3, 3)  # t, h, w
+    mask = tube_mask(grid, 0.75, 6, torch.Generator().manual_seed(0))
+    assert mask.shape == (6, 36) and mask.dtype == torch.bool
+    per_slice = int(0.75 * 9)
+    assert mask.sum(dim=1).tolist() == [4 * per_slice] * 6  # exact count in every clip
+    slices = mask.view(6, 4, 9)  # (B, t, h*w) in (t, h, w) token order
+    assert torch.equal(slices, slices[:, :1].expand(-1, 4, -1))  # tubes: same over time
+    assert len({tuple(s) for s in slices[:, 0].tolist()}) > 1  # clips differ
+    again = tube_mask(grid, 0.75, 6, torch.Generator().manual_seed(0))
+    assert torch.equal(mask, again)  # a pure function of the generator
+    with pytest.raises(ValueError, match="mask_ratio"):
+        tube_mask(grid, 1.0, 1)
+
+
+# -- targets --------------------------------------------------------------------------------
+def _reference_targets(clips: torch.Tensor, tub: int, p: int, norm: bool) -> torch.Tensor:
+    """Token by token, pixel by pixel: what VideoMAE's rearrange + normalisation computes."""
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1, 1)
+    rows = []
+    for clip in clips:
+        x = clip * std + mean  # (3, T, H, W) in [0, 1]
+        _, T, H, W = x.shape
+        tokens = []
+        for t in range(T // tub):
+            for h in range(H // p):
+                for w in range(W // p):
+                    cube = x[:, t * tub : (t + 1) * tub, h * p : (h + 1) * p, w * p : (w + 1) * p]
+                    px = cube.reshape(3, -1).T.clone()  # (tub*p*p, 3): (pt, ph, pw) order
+                    if norm:
+                        for c in range(3):
+                            col = px[:, c]
+                            px[:, c] = (col - col.mean()) / (col.std(unbiased=True) + 1e-6)
+                    tokens.append(px.reshape(-1))  # features (pt, ph, pw, c)
+        rows.append(torch.stack(tokens))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_pixel_targets_match_handwritten_reference(norm):
+    clips = torch.randn(2, 3, 4, 6, 9)[..., :6]  # (B, 3, T, H, W), non-contiguous on purpose
+    got = pixel_targets(clips, tubelet_size=2, patch_size=3, norm_pix=norm)
+    want = _reference_targets(clips, 2, 3, norm)
+    assert got.shape == (2, 2 * 2 * 2, 2 * 3 * 3 * 3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# -- model ----------------------------------------------------------------------------------
+def _clips(n: int, frames: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.stack([normalize(make_clip(i, frames, (size, size), rng)) for i in range(n)])
+
+
+def test_state_dict_is_the_official_pretrain_layout():
+    model = build_pretrain_model(**TINY)
+    keys = set(model.state_dict())
+    for k in ("encoder.patch_embed.proj.weight", "encoder.blocks.1.attn.q_bias",
+              "encoder.blocks.0.mlp.fc2.bias", "encoder.norm.weight",
+              "encoder_to_decoder.weight", "mask_token", "decoder.blocks.0.attn.qkv.weight",
+              "decoder.norm.bias", "decoder.head.weight"):  # fmt: skip
+        assert k in keys, k
+    assert "encoder_to_decoder.bias" not in keys
+    assert not any("pos_embed" in k for k in keys)  # fixed tables are not saved
+    assert model.decoder.head.out_features == 3 * 2 * 16 * 16
+
+
+def test_pretraining_loss_falls_on_a_few_videos():
+    torch.manual_seed(0)
+    model = build_pretrain_model(**TINY, decoder_dim=32, decoder_num_heads=2)
+    clips = _clips(4)
+    fixed = tube_mask(model.grid, 0.5, 4, torch.Generator().manual_seed(1))
+    target = pixel_targets(clips, 2, 16)
+
+    def loss_on_fixed_mask() -> float:
+        with torch.no_grad():
+            return float(masked_mse(model(clips, fixed), target, fixed))
+
+    before = loss_on_fixed_mask()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(20):
+        mask = tube_mask(model.grid, 0.5, 4, gen)
+        loss = masked_mse(model(clips, mask), target, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss_on_fixed_mask() < 0.85 * before
+
+
+def test_encoder_equals_the_finetuning_backbone_on_all_tokens():
+    """Same weights, no mask: the pre-training encoder and the fine-tuning ViT agree."""
+    pre = build_pretrain_model(**TINY).eval()
+    sd = {k.removeprefix("encoder."): v for k, v in pre.encoder_state_dict().items()}
+    ft = aptune.build_model("vit_nano_patch16_224", num_classes=3, num_frames=4, input_size=32,
+                            transfer_type="linear").eval()  # fmt: skip
+    missing = ft.load_state_dict({k: v for k, v in sd.items() if not k.startswith("norm.")},
+                                 strict=False).missing_keys  # fmt: skip
+    assert sorted(missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    pre.encoder.norm = torch.nn.Identity()
+    x = _clips(2)
+    with torch.no_grad():
+        want = pre.encoder(x, torch.zeros(2, 8, dtype=torch.bool))
+        got = ft._run_blocks(ft.patch_embed(x) + ft.pos_embed, 0, ft.depth)
+    torch.testing.assert_close(got, want)
+
+
+# -- data -----------------------------------------------------------------------------------
+def _videos(folder: Path, n: int = 4, frames: int = 8, size: int = 32) -> list[Path]:
+    rng = np.random.default_rng(0)
+    return [write_video(folder / "sub" / f"{i}.mp4", make_clip(i, frames, (size, size), rng))
+            for i in range(n)]  # fmt: skip
+
+
+def test_find_videos_from_folder_or_list(tmp_path):
+    paths = _videos(tmp_path / "v", n=2)
+    found, _ = find_videos(str(tmp_path / "v"))
+    assert found == sorted(map(str, paths))
+    lst = tmp_path / "lists"
+    lst.mkdir()
+    (lst / "train.csv").write_text(f"{paths[0]} 3\n{paths[1]}\n\n")  # label optional
+    assert find_videos(str(lst))[0] == [str(paths[0]), str(paths[1])]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no videos"):
+        find_videos(str(tmp_path / "empty"))
+
+
+# -- the command ----------------------------------------------------------------------------
+def _pretrain_cmd(data: Path, out: Path, epochs: int) -> list[str]:
+    return ["pretrain", "--data_path", str(data), "--output_dir", str(out),
+            "--model", "vit_nano_patch16_224", "--decoder_depth", "1", "--num_frames", "4",
+            "--sampling_rate", "2", "--input_size", "32", "--batch_size", "2",
+            "--epochs", str(epochs), "--warmup_epochs", "1", "--lr", "1e-3",
+            "--num_workers", "0", "--no_progress", "--save_ckpt_freq", "1"]  # fmt: skip
+
+
+def test_pretrain_command_output_loads_for_finetuning_and_resumes(tmp_path):
+    _videos(tmp_path / "videos")
+    out = tmp_path / "run"
+    assert main(_pretrain_cmd(tmp_path / "videos", out, 2)) == 0
+    weights = out / "pretrain.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert {"encoder.patch_embed.proj.weight", "encoder.norm.weight", "mask_token",
+            "encoder_to_decoder.weight", "decoder.head.weight"} <= keys  # fmt: skip
+    assert json.loads(meta["architecture"])["num_frames"] == 4
+    log = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1] and all(np.isfinite(r["train_loss"]) for r in log)
+
+    model = aptune.build_model(
+        "vit_nano_patch16_224",
+        num_classes=5,
+        num_frames=4,
+        input_size=32,
+        transfer_type="prompt",
+        checkpoint=weights,
+    )
+    fresh = aptune.build_model("vit_nano_patch16_224", num_classes=5, num_frames=4,
+                               input_size=32, transfer_type="prompt")  # fmt: skip
+    report = load_pretrained(fresh, weights)
+    assert report.format == "videomae-pretrain" and not report.unexpected
+    expected = {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    assert set(report.missing) - expected == {k for k in report.missing if "prompt" in k}
+    assert expected <= set(report.missing)
+    with safe_open(str(weights), framework="pt") as f:
+        torch.testing.assert_close(
+            model.blocks[1].attn.qkv.weight, f.get_tensor("encoder.blocks.1.attn.qkv.weight")
+        )
+
+    # resume: one more epoch continues from the last checkpoint instead of restarting
+    assert main(_pretrain_cmd(tmp_path / "videos", out, 3)) == 0
+    log = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+
+
+def test_pretrain_flags_are_registered(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--mask_ratio", "--decoder_dim", "--decoder_depth", "--decoder_num_heads",
+                 "--opt_betas", "--no_auto_resume", "--bf16", "--max_steps_per_epoch"):  # fmt: skip
+        assert flag in text
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--data_path", "x", "--output_dir", "y", "--mask_ratio", "1.0"])
+
+
+# -- bundled backbone -----------------------------------------------------------------------
+def test_bundled_backbone_loads_and_has_a_model_card():
+    path = demo_backbone_path()
+    assert path.stat().st_size < 8_000_000
+    card = path.with_suffix(".md")
+    assert card.is_file() and "train loss" in card.read_text()
+    cfg = demo_backbone_config()
+    kw = cfg["build_model_kwargs"]
+    model = aptune.build_model(**kw, num_classes=10, transfer_type="prompt",
+                               prompt_num_tokens=2, checkpoint=path)  # fmt: skip
+    report = load_pretrained(aptune.build_model(**kw, num_classes=10, transfer_type="linear"), path)
+    assert report.format == "videomae-pretrain"
+    assert sorted(report.missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    x = torch.randn(1, 3, kw["num_frames"], kw["input_size"], kw["input_size"])
+    with torch.no_grad():
+        assert model.eval()(x).shape == (1, 10)
+    assert cfg["summary"]["loss_per_epoch"]
