@@ -103,31 +103,49 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation (lr values are per 256 samples)")
     g.add_argument("--batch_size", type=int, default=64, help="clips per process per step")
     g.add_argument("--batch_size_val", type=int, default=None, help="eval batch (default: batch)")
-    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--epochs", type=int, default=30, help="training epochs")
     g.add_argument("--update_freq", type=int, default=1, help="gradient accumulation steps")
     g.add_argument("--opt", default="adamw", help="adamw | adam | sgd | momentum")
-    g.add_argument("--opt_eps", type=float, default=1e-8)
+    g.add_argument("--opt_eps", type=float, default=1e-8, help="optimizer epsilon (Adam)")
     g.add_argument("--opt_betas", type=float, nargs="+", default=None, help="e.g. 0.9 0.999")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--clip_grad", type=float, default=None, help="max gradient norm")
-    g.add_argument("--weight_decay", type=float, default=0.05)
+    g.add_argument(
+        "--weight_decay",
+        type=float,
+        default=0.05,
+        help="weight decay (not on biases, norms, prompt scales)",
+    )
     g.add_argument("--weight_decay_end", type=float, default=None, help="cosine wd target")
     g.add_argument("--lr", type=float, default=1e-3, help="base lr per 256 samples")
     g.add_argument("--layer_decay", type=float, default=0.75, help="layer-wise lr decay")
-    g.add_argument("--warmup_lr", type=float, default=1e-6)
-    g.add_argument("--min_lr", type=float, default=1e-6)
-    g.add_argument("--warmup_epochs", type=int, default=5)
+    g.add_argument("--warmup_lr", type=float, default=1e-6, help="lr at the start of warmup")
+    g.add_argument("--min_lr", type=float, default=1e-6, help="lr at the end of the cosine")
+    g.add_argument("--warmup_epochs", type=int, default=5, help="linear warmup epochs")
     g.add_argument("--warmup_steps", type=int, default=-1, help="overrides --warmup_epochs if >0")
     g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
     g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0 = off)")
     g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0 = off)")
-    g.add_argument("--cutmix_minmax", type=float, nargs="+", default=None)
-    g.add_argument("--mixup_prob", type=float, default=1.0)
-    g.add_argument("--mixup_switch_prob", type=float, default=0.5)
-    g.add_argument("--mixup_mode", default="batch", choices=["batch"])
+    g.add_argument(
+        "--cutmix_minmax",
+        type=float,
+        nargs="+",
+        default=None,
+        help="accepted for compatibility (box from --cutmix alpha)",
+    )
+    g.add_argument("--mixup_prob", type=float, default=1.0, help="chance to mix a batch")
+    g.add_argument(
+        "--mixup_switch_prob",
+        type=float,
+        default=0.5,
+        help="chance of cutmix instead of mixup when both are on",
+    )
+    g.add_argument("--mixup_mode", default="batch", choices=["batch"], help="one lambda per batch")
     g.add_argument("--model_ema", action="store_true", help="keep an EMA of the weights")
-    g.add_argument("--model_ema_decay", type=float, default=0.9999)
-    g.add_argument("--model_ema_force_cpu", action="store_true")
+    g.add_argument("--model_ema_decay", type=float, default=0.9999, help="EMA decay per step")
+    g.add_argument(
+        "--model_ema_force_cpu", action="store_true", help="accepted (EMA on model device)"
+    )
     g.add_argument(
         "--precision",
         default="auto",
@@ -139,28 +157,43 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data_set", default="Kinetics-400", choices=DATA_SETS)
+    g.add_argument(
+        "--data_set",
+        default="Kinetics-400",
+        choices=DATA_SETS,
+        help="selects sampling (SSV2: segments) and flipping (not for SSV2)",
+    )
     g.add_argument("--data_path", default="", help="folder with train.csv, val.csv, test.csv")
     g.add_argument("--eval_data_path", default=None, help="folder with val/test lists")
     g.add_argument("--data_root", default="", help="prefix for relative video paths")
-    g.add_argument("--nb_classes", type=int, default=400)
+    g.add_argument("--nb_classes", type=int, default=400, help="number of classes (checked)")
     g.add_argument("--num_segments", type=int, default=1, help="accepted for compatibility")
     g.add_argument("--sampling_rate", type=int, default=4, help="frame stride (dense sampling)")
-    g.add_argument("--sampling", default="auto", choices=["auto", "dense", "segment"])
+    g.add_argument(
+        "--sampling",
+        default="auto",
+        choices=["auto", "dense", "segment"],
+        help="frame sampling; auto: segment for SSV2, dense otherwise",
+    )
     g.add_argument("--num_sample", type=int, default=2, help="repeated augmentation per video")
-    g.add_argument("--short_side_size", type=int, default=224)
-    g.add_argument("--test_num_segment", type=int, default=5)
-    g.add_argument("--test_num_crop", type=int, default=3)
+    g.add_argument("--short_side_size", type=int, default=224, help="test: short side resize")
+    g.add_argument("--test_num_segment", type=int, default=5, help="test clips per video")
+    g.add_argument("--test_num_crop", type=int, default=3, help="test crops per clip")
     g.add_argument("--is_aa", action="store_true", help="apply RandAugment (--aa)")
     g.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", help="timm RandAugment string")
     g.add_argument("--color_jitter", type=float, default=0.4, help="accepted (unused, as ref)")
-    g.add_argument("--train_interpolation", default="bicubic")
+    g.add_argument("--train_interpolation", default="bicubic", help="resize filter (train)")
     g.add_argument("--crop_pct", type=float, default=None, help="accepted for compatibility")
     g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
-    g.add_argument("--remode", default="pixel")
-    g.add_argument("--recount", type=int, default=1)
-    g.add_argument("--resplit", action="store_true", default=False)
-    g.add_argument("--imagenet_default_mean_and_std", action="store_true", default=True)
+    g.add_argument("--remode", default="pixel", help="random erasing fill: pixel|rand|const")
+    g.add_argument("--recount", type=int, default=1, help="random erasing boxes per clip")
+    g.add_argument("--resplit", action="store_true", default=False, help="accepted (unused)")
+    g.add_argument(
+        "--imagenet_default_mean_and_std",
+        action="store_true",
+        default=True,
+        help="ImageNet mean/std normalisation (always on)",
+    )
     g.add_argument(
         "--decoder",
         default="auto",
@@ -172,7 +205,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fail on the first unreadable training video instead of skipping it",
     )
-    g.add_argument("--num_workers", type=int, default=10)
+    g.add_argument("--num_workers", type=int, default=10, help="data loading processes")
     _bool_pair(g, "pin_mem", True, "pin host memory for faster GPU transfer")
 
 
@@ -182,19 +215,30 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output_dir", default="", help="run folder: checkpoints, logs, reports")
     g.add_argument("--log_dir", default=None, help="TensorBoard folder (default: output_dir/tb)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed: same seed, same run on CPU")
     g.add_argument("--resume", default="", help="checkpoint folder to resume from")
     _bool_pair(g, "auto_resume", True, "resume from the newest complete checkpoint in output_dir")
     _bool_pair(g, "save_ckpt", True, "write checkpoints")
     g.add_argument("--save_ckpt_freq", type=int, default=100, help="checkpoint every N epochs")
-    g.add_argument("--start_epoch", type=int, default=0)
+    g.add_argument("--start_epoch", type=int, default=0, help="first epoch when not resuming")
     g.add_argument("--eval", action="store_true", help="only evaluate --finetune/--resume")
-    g.add_argument("--disable_eval_during_finetuning", action="store_true")
+    g.add_argument(
+        "--disable_eval_during_finetuning",
+        action="store_true",
+        help="no validation after each epoch",
+    )
     g.add_argument("--dist_eval", action="store_true", help="evaluate sharded across processes")
-    g.add_argument("--world_size", type=int, default=1)
-    g.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1)
+    g.add_argument("--world_size", type=int, default=1, help="accepted; the launcher decides")
+    g.add_argument(
+        "--local_rank",
+        "--local-rank",
+        dest="local_rank",
+        type=int,
+        default=-1,
+        help="set by torch.distributed.launch (torchrun sets LOCAL_RANK)",
+    )
     g.add_argument("--dist_on_itp", action="store_true", help="accepted for compatibility")
-    g.add_argument("--dist_url", default="env://")
+    g.add_argument("--dist_url", default="env://", help="accepted; env:// is used")
     g.add_argument(
         "--enable_deepspeed",
         action="store_true",
