@@ -63,6 +63,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora_rank", type=int, default=None, help="LoRA rank (8)")
     g.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (16)")
     g.add_argument("--lora_targets", default=None, help="LoRA targets: qv | qkv | all")
+    g.add_argument("--lora_dropout", type=float, default=None, help="dropout on LoRA input (0)")
+    g.add_argument(
+        "--adapter_layers",
+        default=None,
+        help="blocks with adapters, e.g. 0-5 or 0,2,4-11 (default: all)",
+    )
     g.add_argument("--input_size", type=int, default=224, help="frame crop size in pixels")
     g.add_argument("--num_frames", type=int, default=16, help="frames per clip")
     g.add_argument("--tubelet_size", type=int, default=2, help="frames per patch token")
