@@ -13,9 +13,9 @@ PY="${PYTHON:-python}"
 WORK="${WORK:-${TMPDIR:-/tmp}/aptune_demo_backbone}"
 ASSETS="${ASSETS:-$REPO/src/aptune/assets}"
 SEED="${SEED:-0}"
-N_VIDEOS="${N_VIDEOS:-1600}"
-EPOCHS="${EPOCHS:-16}"
-WARMUP="${WARMUP:-2}"
+N_VIDEOS="${N_VIDEOS:-2000}"
+EPOCHS="${EPOCHS:-30}"
+WARMUP="${WARMUP:-3}"
 BATCH="${BATCH:-32}"
 WORKERS="${WORKERS:-2}"
 VIDEO_FRAMES=16
@@ -43,10 +43,10 @@ EOF
 
 PRETRAIN_FLAGS=(
   --model vit_micro_patch16_224 --decoder_dim 64 --decoder_depth 2 --decoder_num_heads 2
-  --mask_ratio 0.75 --num_frames 8 --sampling_rate 2 --input_size 64
+  --mask_type tube --mask_ratio 0.75 --no_norm_pix_loss --num_frames 8 --sampling_rate 2 --input_size 64
   --batch_size "$BATCH" --epochs "$EPOCHS" --warmup_epochs "$WARMUP"
   --lr 3e-3 --min_lr 1e-5 --weight_decay 0.05 --opt_betas 0.9 0.95
-  --seed "$SEED" --num_workers "$WORKERS" --save_ckpt_freq 4 --no_progress
+  --seed "$SEED" --num_workers "$WORKERS" --save_ckpt_freq 5 --no_progress
 )
 echo "[2/3] aptune pretrain ${PRETRAIN_FLAGS[*]}"
 "$PY" -m aptune.cli pretrain --data_path "$WORK/videos" --output_dir "$WORK/run" \

@@ -18,7 +18,7 @@ from aptune.data.transforms import normalize
 from aptune.models.convert import load_pretrained
 from aptune.pretrain import demo_backbone_config, demo_backbone_path
 from aptune.pretrain.data import find_videos
-from aptune.pretrain.masking import tube_mask
+from aptune.pretrain.masking import random_mask, tube_mask
 from aptune.pretrain.model import build_pretrain_model, masked_mse, pixel_targets
 
 TINY = dict(name="vit_nano_patch16_224", num_frames=4, img_size=32, decoder_depth=1)
@@ -38,6 +38,8 @@ def test_tube_mask_counts_and_same_pattern_over_time():
     assert torch.equal(mask, again)  # a pure function of the generator
     with pytest.raises(ValueError, match="mask_ratio"):
         tube_mask(grid, 1.0, 1)
+    free = random_mask(grid, 0.75, 6, torch.Generator().manual_seed(0))
+    assert free.sum(dim=1).tolist() == [27] * 6  # int(0.75 * 36), anywhere in the clip
 
 
 # -- targets --------------------------------------------------------------------------------

@@ -48,7 +48,10 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--decoder_depth", type=_positive("decoder_depth"), default=4)
     m.add_argument("--decoder_num_heads", type=int, default=None,
                    help="default: decoder_dim // 64 (at least 1)")  # fmt: skip
-    m.add_argument("--mask_ratio", type=_ratio, default=0.9, help="tube masking ratio")
+    m.add_argument("--mask_ratio", type=_ratio, default=0.9, help="fraction of tokens hidden")
+    m.add_argument("--mask_type", choices=["tube", "random"], default="tube",
+                   help="tube: same spatial mask in every time slice (VideoMAE); random: "
+                   "tokens hidden independently")  # fmt: skip
     _switch(m, "norm_pix_loss", True, "targets are per-patch normalised pixels (VideoMAE)")
     m.add_argument("--drop_path", type=float, default=0.0)
     d = p.add_argument_group("data")

@@ -41,6 +41,7 @@ def export_encoder(run: Path, out: Path, data: dict, extra: dict | None = None) 
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(out), new_meta)
+    out.chmod(0o644)  # shipped as package data: readable by everyone
     return {"architecture": json.loads(new_meta["architecture"]), "data": data,
             "summary": summary, "num_params": sum(t.numel() for t in tensors.values()),
             "bytes": out.stat().st_size}  # fmt: skip
@@ -57,9 +58,11 @@ def model_card(info: dict, command: str, config: dict) -> str:
     """Markdown model card: what the file is, how it was made, how well it learnt."""
     arch, data, s = info["architecture"], info["data"], info["summary"]
     curve = s.get("loss_per_epoch", [])
+    norm = config.get("norm_pix_loss", True)
+    target = "per-patch normalised pixels" if norm else "raw pixels in [0, 1]"
     rows = "\n".join(f"| {i} | {v:.4f} |" for i, v in enumerate(curve))
     keys = ("model", "num_frames", "input_size", "tubelet_size", "sampling_rate", "mask_ratio",
-            "decoder_dim", "decoder_depth")  # fmt: skip
+            "mask_type", "decoder_dim", "decoder_depth")  # fmt: skip
     recipe = ("batch_size", "epochs", "lr", "min_lr", "warmup_epochs", "weight_decay",
               "opt_betas", "min_crop_scale", "flip", "norm_pix_loss", "seed")  # fmt: skip
     lines = [
@@ -88,8 +91,9 @@ def model_card(info: dict, command: str, config: dict) -> str:
         "## Recipe",
         "",
         *(f"- {k}: `{config.get(k)}`" for k in recipe if k in config),
-        "- AdamW, lr per 256 samples, linear warmup then cosine; tube masking; MSE on the",
-        "  masked tokens' per-patch normalised pixels (VideoMAE, arXiv 2203.12602)",
+        f"- AdamW, lr per 256 samples, linear warmup then cosine; {arch.get('mask_type', 'tube')}"
+        f" masking; MSE on the masked tokens' {target} (VideoMAE, arXiv 2203.12602)",
+        "- why mask ratio 0.75 and raw-pixel targets here: see docs/pretrain.md",
         "",
         "## Result",
         "",

@@ -45,4 +45,24 @@ def tube_mask(
     return spatial[:, None, :].expand(batch_size, t, h * w).reshape(batch_size, t * h * w)
 
 
-__all__ = ["num_masked_per_slice", "tube_mask"]
+def random_mask(
+    grid: tuple[int, int, int],
+    mask_ratio: float,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Boolean mask (B, N) hiding exactly ``int(mask_ratio * N)`` tokens chosen anywhere.
+
+    VideoMAE's ``--mask_type random`` (its ablation): a hidden patch may be visible in
+    another time slice, which rewards finding the same content across frames.
+    """
+    n = grid[0] * grid[1] * grid[2]
+    masked = int(num_masked_per_slice((1, 1, n), mask_ratio))
+    order = torch.rand(batch_size, n, generator=generator).argsort(dim=1)  # (B, N)
+    mask = torch.zeros(batch_size, n, dtype=torch.bool)
+    return mask.scatter_(1, order[:, :masked], True)
+
+
+MASKS = {"tube": tube_mask, "random": random_mask}
+
+__all__ = ["MASKS", "num_masked_per_slice", "random_mask", "tube_mask"]

@@ -35,7 +35,7 @@ from aptune.distributed import DistInfo, all_gather_objects, barrier, cleanup, i
 from aptune.engine import Precision, TrainStep, resolve_precision, train_one_epoch
 from aptune.optim import build_optimizer, cosine_schedule, scaled_lr
 from aptune.pretrain.data import UnlabelledClips, find_videos
-from aptune.pretrain.masking import tube_mask
+from aptune.pretrain.masking import MASKS
 from aptune.pretrain.model import PretrainVideoMAE, build_pretrain_model, masked_mse, pixel_targets
 from aptune.reports import RunLogger
 
@@ -51,10 +51,17 @@ class MaskedVideoObjective(nn.Module):
     """
 
     def __init__(
-        self, model: PretrainVideoMAE, mask_ratio: float, norm_pix: bool, seed: int, rank: int
+        self,
+        model: PretrainVideoMAE,
+        mask_ratio: float,
+        norm_pix: bool,
+        seed: int,
+        rank: int,
+        mask_type: str = "tube",
     ) -> None:
         super().__init__()
         self.model, self.mask_ratio, self.norm_pix = model, mask_ratio, norm_pix
+        self.draw_mask = MASKS[mask_type]
         self.seed, self.rank = seed, rank
         self.generator = torch.Generator()
         self.set_epoch(0)
@@ -65,7 +72,7 @@ class MaskedVideoObjective(nn.Module):
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         if clips.shape[0] == 0:  # every video of the batch was unreadable: zero loss
             return sum(p.sum() for p in self.model.parameters()) * 0.0
-        mask = tube_mask(self.model.grid, self.mask_ratio, clips.shape[0], self.generator)
+        mask = self.draw_mask(self.model.grid, self.mask_ratio, clips.shape[0], self.generator)
         mask = mask.to(clips.device)
         with torch.no_grad():
             target = pixel_targets(
@@ -133,7 +140,7 @@ def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
     )  # fmt: skip
     model = build_from_args(args).to(info.device)
     objective = MaskedVideoObjective(model, args.mask_ratio, args.norm_pix_loss, args.seed,
-                                     info.rank).to(info.device)  # fmt: skip
+                                     info.rank, args.mask_type).to(info.device)  # fmt: skip
     ddp = T.wrap_ddp(objective, info)
     steps = T.steps_per_epoch(len(dataset), args, info)
     ts = _train_step(args, model, ddp, info, steps)
@@ -142,9 +149,9 @@ def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
     n_enc = sum(p.numel() for p in model.encoder.parameters())
     if info.is_main:
         log.info("pre-training %s (encoder %s params, total %s) on %d videos from %s; "
-                 "%d steps/epoch, mask ratio %.2f, tokens %s, precision %s",
+                 "%d steps/epoch, %s masking ratio %.2f, tokens %s, precision %s",
                  args.model, f"{n_enc:,}", f"{n_params:,}", len(videos), source, steps,
-                 args.mask_ratio, model.grid, ts.precision.name)  # fmt: skip
+                 args.mask_type, args.mask_ratio, model.grid, ts.precision.name)  # fmt: skip
     start_epoch = 0
     ckpt = find_latest_checkpoint(out) if args.auto_resume else None
     if ckpt is not None:
@@ -183,8 +190,9 @@ def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
         "time_s_this_session": round(time.perf_counter() - started, 1),
     }
     if info.is_main:
-        arch = {k: config[k] for k in ("model", "num_frames", "input_size", "tubelet_size",
-                                       "sampling_rate", "mask_ratio") if k in config}  # fmt: skip
+        names = ("model", "num_frames", "input_size", "tubelet_size", "sampling_rate",
+                 "mask_type", "mask_ratio")  # fmt: skip
+        arch = {k: config[k] for k in names if k in config}
         arch.update(decoder_dim=model.decoder.norm.normalized_shape[0],
                     decoder_depth=len(model.decoder.blocks))  # fmt: skip
         save_model_weights(out / PRETRAIN_FILE, model, trainable_only=False,
