@@ -51,6 +51,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         sampling=args.sampling,
         backend=args.decoder,
         strict_data=args.strict_data,
+        crop_scale=tuple(args.crop_scale),
     )
 
 

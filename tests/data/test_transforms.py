@@ -102,3 +102,18 @@ def test_test_crops_spread_along_long_side():
 def test_resize_short_side():
     out = resize_short_side(np.zeros((3, 60, 100, 3), dtype=np.uint8), 48)
     assert out.shape == (3, 3, 48, 80) and out.dtype == torch.uint8
+
+
+def test_crop_scale_one_keeps_the_whole_square_frame():
+    from aptune.data.transforms import sample_crop_box
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        assert sample_crop_box(64, 64, 64, rng, (1.0, 1.0)) == (0.0, 0.0, 64.0, 64.0)
+
+
+def test_crop_scale_is_validated_with_the_flag_name():
+    from aptune.data import DataConfig
+
+    with pytest.raises(ValueError, match="--crop_scale"):
+        DataConfig(crop_scale=(0.5, 0.1))

@@ -57,6 +57,7 @@ class DataConfig:
     flip: bool | None = None  # None -> False for SSV2, True otherwise
     backend: str = "auto"  # auto | pyav | decord | frames
     strict_data: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop area (reference)
 
     def __post_init__(self) -> None:
         choices = {"data_set": DATA_SETS, "sampling": SAMPLING_MODES, "backend": BACKENDS}
@@ -67,6 +68,9 @@ class DataConfig:
         for name in _POSITIVE:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"--crop_scale needs 0 < min <= max <= 1, got {lo} {hi}")
         if not 0.0 <= self.reprob <= 1.0:
             raise ValueError(f"--reprob must be in [0, 1], got {self.reprob}")
         if self.num_frames % self.tubelet_size:
@@ -164,6 +168,7 @@ class VideoClipDataset(Dataset):
         self.train_transform = TrainTransform(
             cfg.input_size, cfg.use_flip, cfg.aa if cfg.is_aa else None,
             cfg.train_interpolation, cfg.reprob, cfg.remode, cfg.recount,
+            tuple(cfg.crop_scale),
         )  # fmt: skip
         crops = cfg.test_num_crop if split == "test" else 1
         self.eval_transform = EvalTransform(cfg.input_size, cfg.short_side_size, crops)

@@ -149,6 +149,7 @@ class TrainTransform:
     reprob: float = 0.0
     remode: str = "pixel"
     recount: int = 1
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # area range of the random resized crop
 
     def __post_init__(self) -> None:
         self._resample = _PIL_INTERP.get(self.interpolation, Image.Resampling.BICUBIC)
@@ -160,7 +161,7 @@ class TrainTransform:
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         _, height, width, _ = frames.shape  # (T, H, W, 3)
-        box = sample_crop_box(height, width, self.input_size, rng)
+        box = sample_crop_box(height, width, self.input_size, rng, tuple(self.crop_scale))
         flip = self.flip and rng.random() < 0.5
         seed = int(rng.integers(2**31))
         size = (self.input_size, self.input_size)
