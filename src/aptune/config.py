@@ -190,8 +190,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--color_jitter", type=float, default=0.4, help="accepted (unused, as ref)")
     g.add_argument("--train_interpolation", default="bicubic", help="resize filter (train)")
     g.add_argument("--crop_pct", type=float, default=None, help="accepted for compatibility")
-    g.add_argument("--crop_scale", type=float, nargs=2, default=[0.08, 1.0],
-                   help="area range of the train random resized crop (aptune extension)")
+    g.add_argument(
+        "--crop_scale",
+        type=float,
+        nargs=2,
+        default=[0.08, 1.0],
+        help="area range of the train random resized crop (aptune extension)",
+    )
     g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
     g.add_argument("--remode", default="pixel", help="random erasing fill: pixel|rand|const")
     g.add_argument("--recount", type=int, default=1, help="random erasing boxes per clip")
