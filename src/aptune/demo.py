@@ -1,0 +1,251 @@
+"""``aptune demo``: the paper's comparison, end to end, on a fresh CPU machine.
+
+No dataset, checkpoint or network: labelled synthetic action videos are written as real
+mp4 files (classes are motions, so time order matters and a horizontal flip changes the
+label, as in SSv2), then each method is fine-tuned from the bundled pre-trained backbone
+with the same engine as ``aptune train`` (one child process per method, so its peak
+memory is its own) and evaluated on held-out videos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the demo trains one method: base lr (per 256 clips) and extra flags."""
+
+    lr: float
+    flags: tuple[str, ...] = ()
+    label: str = ""
+
+
+RECIPES: dict[str, Recipe] = {
+    "linear": Recipe(0.24, (), "linear probe"),
+    "prompt": Recipe(0.64, ("--prompt_num_tokens", "16", "--prompt_reparam"), "APT (16 tokens)"),
+    "vpt_deep": Recipe(0.64, ("--vpt_num_tokens", "16"), "VPT-deep (16 tokens)"),
+    "adapter": Recipe(0.16, ("--adapter_dim", "16"), "AdaptFormer (dim 16)"),
+    "lora": Recipe(0.16, ("--lora_rank", "4"), "LoRA (rank 4)"),
+    "bitfit": Recipe(0.16, (), "BitFit"),
+    "end2end": Recipe(0.024, (), "full fine-tuning"),
+}
+DEFAULT_METHODS = ("linear", "prompt", "vpt_deep", "adapter", "lora", "end2end")
+QUICK_METHODS = ("linear", "prompt", "end2end")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Dataset size and schedule; ``--quick`` trades accuracy for a one-minute run."""
+
+    train: int
+    val: int
+    test: int
+    epochs: int
+    num_classes: int = 10
+
+
+FULL, QUICK = Scale(24, 4, 16, 20), Scale(6, 2, 3, 2)
+
+
+def make_data(root: Path, scale: Scale, frames: int, size: int, seed: int) -> dict:
+    from aptune.data.synthetic import make_action_dataset
+
+    if (root / "test.csv").is_file() and (root / "demo_data.json").is_file():
+        info = json.loads((root / "demo_data.json").read_text())
+        if info.get("scale") == list(vars(scale).values()):
+            return info  # same settings: reuse the videos already written
+    info = make_action_dataset(
+        root,
+        num_classes=scale.num_classes,
+        videos_per_class={"train": scale.train, "val": scale.val, "test": scale.test},
+        num_frames=frames,
+        size=(size, size),
+        fmt="mp4",
+        seed=seed,
+    )
+    info["scale"] = list(vars(scale).values())
+    (root / "demo_data.json").write_text(json.dumps(info))
+    return info
+
+
+def train_flags(method: str, data: Path, out: Path, scale: Scale, seed: int) -> list[str]:
+    from aptune.pretrain import demo_backbone_config, demo_backbone_path
+
+    cfg = demo_backbone_config()["build_model_kwargs"]
+    recipe = RECIPES[method]
+    flags = [
+        "--model", cfg["model"], "--finetune", str(demo_backbone_path()),
+        "--num_frames", str(cfg["num_frames"]), "--input_size", str(cfg["input_size"]),
+        "--tubelet_size", str(cfg["tubelet_size"]), "--short_side_size", str(cfg["input_size"]),
+        "--transfer_type", method, "--data_set", "SSV2", "--data_path", str(data),
+        "--nb_classes", str(scale.num_classes), "--output_dir", str(out),
+        "--batch_size", "16", "--epochs", str(scale.epochs), "--warmup_epochs", "1",
+        "--crop_scale", "1.0", "1.0",  # 64-px clips: keep the whole frame (only jitter)
+        "--lr", str(recipe.lr), "--min_lr", "1e-4", "--weight_decay", "1e-4",
+        "--opt", "adamw", "--mixup", "0", "--cutmix", "0", "--reprob", "0",
+        "--smoothing", "0.1", "--drop_path", "0", "--num_sample", "1",
+        "--test_num_segment", "2", "--test_num_crop", "1", "--num_workers", "1",
+        "--seed", str(seed), "--save_ckpt_freq", str(scale.epochs), "--no_progress",
+        "--no_auto_resume", *recipe.flags,
+    ]  # fmt: skip
+    return flags
+
+
+def run_method(flags: list[str], out: Path, epochs: int, bar: tqdm) -> tuple[int, float, int]:
+    """Train in a child process; -> (exit code, seconds, peak RSS in bytes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "demo_train.log", "w")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aptune.cli", "train", *flags], stdout=log, stderr=log, env=env
+    )
+    done = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        lines = _epochs_logged(out)
+        if lines > done:
+            bar.update(min(lines, epochs) - done)
+            done = min(lines, epochs)
+        if pid:
+            break
+        time.sleep(0.2)
+    bar.update(epochs - done)
+    log.close()
+    code = os.waitstatus_to_exitcode(status)
+    return code, time.perf_counter() - start, int(usage.ru_maxrss) * 1024
+
+
+def _epochs_logged(out: Path) -> int:
+    path = out / "log.txt"
+    return sum(1 for line in path.read_text().splitlines() if line) if path.is_file() else 0
+
+
+def collect(method: str, out: Path, seconds: float, peak: int) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    params = metrics["parameters"]
+    history = [json.loads(line) for line in (out / "log.txt").read_text().splitlines() if line]
+    return {
+        "method": method,
+        "label": RECIPES[method].label,
+        "tunable": params["trainable"],
+        "tunable_percent": params["trainable_percent_of_backbone"],
+        "top1": metrics["test"]["top1"],
+        "top5": metrics["test"]["top5"],
+        "train_time_s": round(seconds, 1),
+        "peak_memory_mb": round(peak / 2**20),
+        "val_top1_curve": [h.get("val_top1") for h in history],
+        "train_loss_curve": [h.get("train_loss") for h in history],
+    }
+
+
+def results_table(rows: list[dict]) -> str:
+    head = "| method | tunable params | % of backbone | top-1 (%) | top-5 (%) | train time (s) |"
+    lines = [head + " peak memory (MB) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['tunable']:,} | {r['tunable_percent']:.2f} | {r['top1']:.1f} "
+            f"| {r['top5']:.1f} | {r['train_time_s']:.0f} | {r['peak_memory_mb']} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r["tunable"], r["top1"], s=40)
+        ax.annotate(r["label"], (r["tunable"], r["top1"]), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")  # fmt: skip
+    ax.set(xscale="log", xlabel="tunable parameters (log)", ylabel="test top-1 (%)",
+           title="accuracy vs tunable parameters")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_params.png", dpi=110)
+    plt.close(fig)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for r in rows:
+        a1.plot(r["train_loss_curve"], marker=".", label=r["label"])
+        a2.plot(r["val_top1_curve"], marker=".", label=r["label"])
+    a1.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    a2.set(xlabel="epoch", ylabel="val top-1 (%)", title="validation accuracy")
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from aptune.pretrain import demo_backbone_config
+
+    methods = (
+        args.methods.split(",")
+        if args.methods
+        else list(QUICK_METHODS if args.quick else DEFAULT_METHODS)
+    )
+    unknown = [m for m in methods if m not in RECIPES]
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(RECIPES)}")
+    scale = QUICK if args.quick else FULL
+    out = Path(args.out).resolve()
+    cfg = demo_backbone_config()
+    frames = int(cfg["data"].get("frames_per_video", 16))
+    size = int(cfg["build_model_kwargs"]["input_size"])
+    start = time.perf_counter()
+    counts = f"{scale.train}/{scale.val}/{scale.test}"
+    print(f"aptune demo: {scale.num_classes} classes x {counts} train/val/test videos "
+          f"in {out / 'data'}")  # fmt: skip
+    make_data(out / "data", scale, frames, size, args.seed)
+    rows, failed = [], []
+    bar = tqdm(total=len(methods) * scale.epochs, desc="demo", unit="epoch", disable=args.quiet)
+    for method in methods:
+        bar.set_postfix_str(RECIPES[method].label)
+        run = out / "runs" / method
+        flags = train_flags(method, out / "data", run, scale, args.seed)
+        code, seconds, peak = run_method(flags, run, scale.epochs, bar)
+        if code != 0:
+            failed.append(method)
+            tqdm.write(f"{method}: training failed (exit {code}); see {run / 'demo_train.log'}")
+            continue
+        rows.append(collect(method, run, seconds, peak))
+    bar.close()
+    if not rows:
+        return 1
+    table = results_table(rows)
+    (out / "demo_results.md").write_text(table + "\n")
+    (out / "demo_results.json").write_text(json.dumps(rows, indent=2))
+    plot(rows, out)
+    print(table)
+    print(f"\nfinished in {time.perf_counter() - start:.0f} s. Results: {out / 'demo_results.md'}"
+          f", {out / 'demo_results.json'}, plots {out / 'accuracy_vs_params.png'} and "
+          f"{out / 'learning_curves.png'}; runs in {out / 'runs'}")  # fmt: skip
+    return 1 if failed else 0
+
+
+def add_demo_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="compare linear probing, APT and full fine-tuning on synthetic videos (CPU)",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("--out", default="aptune_demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="smoke run: under a minute")
+    p.add_argument("--methods", default=None,
+                   help=f"comma list from {', '.join(RECIPES)} (default: "
+                   f"{','.join(DEFAULT_METHODS)})")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_demo)
