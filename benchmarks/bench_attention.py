@@ -34,9 +34,9 @@ def matmul_gflops(seconds: float = 2.0, n: int = 2048) -> float:
 def measure(cfg: dict) -> dict:
     """Runs inside the child process."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     import aptune
+    from aptune.profile import count_flops  # counts CPU SDPA kernels too
 
     torch.manual_seed(0)
     model = aptune.build_model(
@@ -67,12 +67,14 @@ def measure(cfg: dict) -> dict:
     fn = forward if cfg["mode"] == "forward" else train_step
     # FlopCounterMode's module tracker needs autograd on: count a grad-enabled forward
     # (same flops) for "forward", the real step for "train".
-    with FlopCounterMode(display=False) as counter:
+    def counted() -> None:
         if cfg["mode"] == "forward":
             with autocast:
                 model(x)
         else:
-            fn()
+            train_step()
+
+    flops = count_flops(counted)
     fn()  # warm-up
     times = []
     for _ in range(cfg["repeats"]):
@@ -83,7 +85,7 @@ def measure(cfg: dict) -> dict:
     return {
         **cfg,
         "seconds": min(times),
-        "gflop": counter.get_total_flops() / 1e9,
+        "gflop": flops / 1e9,
         "peak_mb_above_model": peak - base_rss,
     }
 

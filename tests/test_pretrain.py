@@ -191,6 +191,8 @@ def test_pretrain_command_output_loads_for_finetuning_and_resumes(tmp_path):
     expected = {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
     assert set(report.missing) - expected == {k for k in report.missing if "prompt" in k}
     assert expected <= set(report.missing)
+    # the run folder itself is accepted as the checkpoint path
+    assert load_pretrained(fresh, out).format == "videomae-pretrain"
     with safe_open(str(weights), framework="pt") as f:
         torch.testing.assert_close(
             model.blocks[1].attn.qkv.weight, f.get_tensor("encoder.blocks.1.attn.qkv.weight")

@@ -107,8 +107,9 @@ def resolve_checkpoint_path(path: str | Path) -> tuple[Path, str]:
         return p, "hf"
     if (p / DEEPSPEED_FILE).is_file():
         return p / DEEPSPEED_FILE, "deepspeed"
-    if (p / "model.safetensors").is_file():
-        return p / "model.safetensors", "safetensors"
+    for name in ("model.safetensors", "pretrain.safetensors"):  # HF-less / aptune pretrain run
+        if (p / name).is_file():
+            return p / name, "safetensors"
     inner = _highest_checkpoint(p)
     if inner is not None:
         return resolve_checkpoint_path(inner)
