@@ -99,7 +99,9 @@ def test_pretraining_loss_falls_on_a_few_videos():
     model = build_pretrain_model(**TINY, decoder_dim=32, decoder_num_heads=2)
     clips = _clips(4)
     fixed = tube_mask(model.grid, 0.5, 4, torch.Generator().manual_seed(1))
-    target = pixel_targets(clips, 2, 16)
+    # raw-pixel targets, the bundled backbone's recipe (normalised targets of these calm,
+    # noisy synthetic clips are mostly unpredictable noise; see docs/pretrain.md)
+    target = pixel_targets(clips, 2, 16, norm_pix=False)
 
     def loss_on_fixed_mask() -> float:
         with torch.no_grad():

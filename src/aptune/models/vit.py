@@ -230,7 +230,7 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.kv_prompts: nn.Module | None = None  # APT hook: block index -> (k, v) or None
         self.seq_prompts: nn.Module | None = None  # VPT hook: insert/drop tokens
-        self.apply(_init_weights)
+        self.apply(init_weights)
         self.reset_head(num_classes)
 
     # -- configuration -------------------------------------------------------------------
@@ -309,16 +309,20 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _init_weights(m: nn.Module) -> None:
+def init_weights(m: nn.Module, linear_init: Callable[[torch.Tensor], object] | None = None) -> None:
+    """VideoMAE's init: linears trunc-normal(0.02) (or ``linear_init``, e.g. the xavier of
+    pre-training), LayerNorms to identity, the tubelet conv as a linear (xavier-uniform)."""
     if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
+        if linear_init is None:
+            nn.init.trunc_normal_(m.weight, std=0.02)
+        else:
+            linear_init(m.weight)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Conv3d):
-        # as a Linear over the flattened tubelet (VideoMAE's xavier-uniform view of it)
         w = m.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         if m.bias is not None:

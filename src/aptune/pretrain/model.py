@@ -16,7 +16,15 @@ import torch
 from torch import nn
 
 from aptune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from aptune.models.vit import LN_EPS, MODEL_SIZES, AttnImpl, Block, PatchEmbed, sinusoid_table
+from aptune.models.vit import (
+    LN_EPS,
+    MODEL_SIZES,
+    AttnImpl,
+    Block,
+    PatchEmbed,
+    init_weights,
+    sinusoid_table,
+)
 
 
 class PretrainEncoder(nn.Module):
@@ -142,18 +150,7 @@ class PretrainVideoMAE(nn.Module):
 
 def _init_weights(m: nn.Module) -> None:
     """VideoMAE pre-training init: xavier-uniform linears, the tubelet conv as a linear."""
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv3d):
-        w = m.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+    init_weights(m, linear_init=nn.init.xavier_uniform_)
 
 
 def pixel_targets(
