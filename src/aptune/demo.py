@@ -94,7 +94,7 @@ def train_flags(method: str, data: Path, out: Path, scale: Scale, seed: int) -> 
         "--lr", str(recipe.lr), "--min_lr", "1e-4", "--weight_decay", "1e-4",
         "--opt", "adamw", "--mixup", "0", "--cutmix", "0", "--reprob", "0",
         "--smoothing", "0.1", "--drop_path", "0", "--num_sample", "1",
-        "--test_num_segment", "2", "--test_num_crop", "1", "--num_workers", "1",
+        "--test_num_segment", "2", "--test_num_crop", "1", "--num_workers", "2",
         "--seed", str(seed), "--save_ckpt_freq", str(scale.epochs), "--no_progress",
         "--no_auto_resume", *recipe.flags,
     ]  # fmt: skip
