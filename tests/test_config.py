@@ -53,3 +53,18 @@ def test_bad_values_name_the_flag():
         parse(["--input_size", "200"])
     with pytest.raises(SystemExit):
         parse(["--data_set", "KINETICS"])
+
+
+def test_every_method_option_is_a_train_flag_that_reaches_the_method():
+    import dataclasses
+
+    from aptune.config import method_options
+    from aptune.tuning import METHODS
+
+    dests = {a.dest for a in build_train_parser()._actions}
+    for cfg in METHODS.values():
+        for f in dataclasses.fields(cfg):
+            if cfg.flag_prefix():
+                assert cfg.flag_prefix() + f.name in dests, (cfg.name, f.name)
+    args = parse(["--transfer_type", "adapter+lora", "--adapter_layers", "0-1", "--lora_rank", "2"])
+    assert method_options(args) | {"adapter_layers": "0-1", "lora_rank": 2} == method_options(args)

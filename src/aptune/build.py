@@ -75,8 +75,7 @@ def build_model(
             num_frames = num_frames or hf.get("num_frames")
             input_size = input_size or hf.get("img_size")
             tubelet_size = tubelet_size or hf.get("tubelet_size")
-            if model is not None:
-                log.info("architecture of %s read from its config.json", checkpoint)
+            log.info("architecture of %s read from its config.json", checkpoint)
     net = create_vit(
         model or "vit_base_patch16_224",
         num_classes=num_classes,

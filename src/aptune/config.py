@@ -56,19 +56,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="APT re-parameterisation: prompts scaled by max(scale, 1), scale learned",
     )
-    g.add_argument("--vpt_num_tokens", type=int, default=None, help="VPT prompt tokens")
-    g.add_argument("--vpt_dropout", type=float, default=None, help="dropout on VPT prompts")
-    g.add_argument("--adapter_dim", type=int, default=None, help="AdaptFormer bottleneck (64)")
-    g.add_argument("--adapter_scale", type=float, default=None, help="AdaptFormer scale (0.1)")
-    g.add_argument("--lora_rank", type=int, default=None, help="LoRA rank (8)")
-    g.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (16)")
-    g.add_argument("--lora_targets", default=None, help="LoRA targets: qv | qkv | all")
-    g.add_argument("--lora_dropout", type=float, default=None, help="dropout on LoRA input (0)")
-    g.add_argument(
-        "--adapter_layers",
-        default=None,
-        help="blocks with adapters, e.g. 0-5 or 0,2,4-11 (default: all)",
-    )
     g.add_argument("--input_size", type=int, default=224, help="frame crop size in pixels")
     g.add_argument("--num_frames", type=int, default=16, help="frames per clip")
     g.add_argument("--tubelet_size", type=int, default=2, help="frames per patch token")
@@ -274,7 +261,9 @@ def build_train_parser(prog: str = "aptune train") -> argparse.ArgumentParser:
         "recognition. Flags are the reference run_class_apt.py's.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for add in (add_model_args, add_optim_args, add_data_args, add_run_args):
+    from aptune.tuning.flags import add_method_flags
+
+    for add in (add_model_args, add_method_flags, add_optim_args, add_data_args, add_run_args):
         add(p)
     return p
 

@@ -286,28 +286,9 @@ def flops_sweep(
 
 
 # -- CLI --------------------------------------------------------------------------------
-def add_method_flags(parser: argparse.ArgumentParser) -> None:
-    """``--<prefix><field>`` for every registered method's config fields, default unset."""
-    from aptune.tuning import METHODS
-
-    group = parser.add_argument_group("method options (unset: the method's default)")
-    seen: set[str] = set()
-    for cfg in METHODS.values():
-        for f in dataclasses.fields(cfg):
-            flag = cfg.flag_prefix() + f.name
-            if not cfg.flag_prefix() or flag in seen:
-                continue
-            seen.add(flag)
-            kind = type(f.default) if f.default is not None else str
-            if "int" in str(f.type) and f.default is None:
-                kind = int
-            if kind is bool:
-                group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction)
-            else:
-                group.add_argument(f"--{flag}", type=kind, help=f"default {f.default!r}")
-
-
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from aptune.tuning.flags import add_method_flags
+
     p.add_argument("--model", default="vit_base_patch16_224")
     p.add_argument(
         "--methods",

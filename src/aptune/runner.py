@@ -178,15 +178,20 @@ def load_trained_model(run: Path, which: str, info: DistInfo, overrides: dict | 
     return args, model
 
 
+def _test_all_views(args: argparse.Namespace, model, info: DistInfo):
+    """(result on rank 0 or None, test dataset): every test view of the run's test list."""
+    ds = T.build_datasets(args, ("test",))["test"]
+    loader = T.EpochLoader(ds, args, info, train=False)
+    precision = resolve_precision(args.precision, info.device)
+    return evaluate_split(model, loader, info, precision, args, "test"), ds
+
+
 def evaluate_run(run: Path, which: str = "last", overrides: dict | None = None) -> dict:
     """``aptune eval RUN``: all test views of the run's test list (or a new --data_path)."""
     info = init_distributed("auto")
     try:
         args, model = load_trained_model(run, which, info, overrides)
-        ds = T.build_datasets(args, ("test",))["test"]
-        loader = T.EpochLoader(ds, args, info, train=False)
-        precision = resolve_precision(args.precision, info.device)
-        res = evaluate_split(model, loader, info, precision, args, "test")
+        res, ds = _test_all_views(args, model, info)
         if res is None:
             return {}
         out = Path(overrides.get("eval_output", run)) if overrides else run
@@ -216,10 +221,7 @@ def evaluate_args(args: argparse.Namespace) -> dict:
             weights = ckpt / "model.safetensors" if ckpt.is_dir() else ckpt
             load_model_weights(weights, model)
             log.info("evaluating weights of %s", weights)
-        ds = T.build_datasets(args, ("test",))["test"]
-        loader = T.EpochLoader(ds, args, info, train=False)
-        precision = resolve_precision(args.precision, info.device)
-        res = evaluate_split(model, loader, info, precision, args, "test")
+        res, ds = _test_all_views(args, model, info)
         if res is None:
             return {}
         if args.output_dir:
