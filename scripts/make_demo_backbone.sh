@@ -2,9 +2,9 @@
 # Rebuild src/aptune/assets/demo_backbone.safetensors (+ demo_backbone.md) from scratch:
 #   1. unlabelled synthetic motion videos (aptune.data.synthetic.make_clip, all 10 motions,
 #      one random seed per video), written as real .mp4 (h264) files;
-#   2. `aptune pretrain` (VideoMAE tube masking + normalised-pixel loss) with a fixed seed;
+#   2. `aptune pretrain` (VideoMAE tube masking, raw-pixel loss, mask 0.75) with a fixed seed;
 #   3. export of the encoder (keys encoder.*) and the model card.
-# Sized for 2 CPU cores (~15 min). Override with env vars, e.g. EPOCHS=2 N_VIDEOS=100 for
+# Sized for 2 CPU cores (~12 min). Override with env vars, e.g. EPOCHS=2 N_VIDEOS=100 for
 # a smoke run, WORK=/somewhere to keep the videos and run folder.
 set -euo pipefail
 
@@ -14,7 +14,7 @@ WORK="${WORK:-${TMPDIR:-/tmp}/aptune_demo_backbone}"
 ASSETS="${ASSETS:-$REPO/src/aptune/assets}"
 SEED="${SEED:-0}"
 N_VIDEOS="${N_VIDEOS:-2000}"
-EPOCHS="${EPOCHS:-30}"
+EPOCHS="${EPOCHS:-60}"
 WARMUP="${WARMUP:-3}"
 BATCH="${BATCH:-32}"
 WORKERS="${WORKERS:-2}"
@@ -45,7 +45,7 @@ PRETRAIN_FLAGS=(
   --model vit_micro_patch16_224 --decoder_dim 64 --decoder_depth 2 --decoder_num_heads 2
   --mask_type tube --mask_ratio 0.75 --no_norm_pix_loss --num_frames 8 --sampling_rate 2 --input_size 64
   --batch_size "$BATCH" --epochs "$EPOCHS" --warmup_epochs "$WARMUP"
-  --lr 3e-3 --min_lr 1e-5 --weight_decay 0.05 --opt_betas 0.9 0.95
+  --lr 8e-3 --min_lr 1e-4 --min_crop_scale 0.8 --weight_decay 0.05 --opt_betas 0.9 0.95
   --seed "$SEED" --num_workers "$WORKERS" --save_ckpt_freq 5 --no_progress
 )
 echo "[2/3] aptune pretrain ${PRETRAIN_FLAGS[*]}"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from aptune.cli import main
-from aptune.demo import RECIPES, results_table
+from aptune.demo import RECIPES, results_table, standard_error_note
 
 
 @pytest.mark.slow
@@ -36,6 +36,16 @@ def test_unknown_method_is_a_one_line_error(tmp_path, capsys):
     assert "--methods: unknown 'aptt'" in capsys.readouterr().err
 
 
+def test_bad_backbone_is_a_one_line_error_naming_the_file(tmp_path, capsys):
+    bad = tmp_path / "not_a_backbone.safetensors"
+    bad.write_text("hello")
+    assert main(["demo", "--backbone", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and "safetensors" in err
+    assert main(["demo", "--backbone", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors: no such backbone file" in capsys.readouterr().err
+
+
 def test_results_table_has_one_row_per_method():
     rows = [
         dict(label=RECIPES[m].label, tunable=10**i, tunable_percent=0.1 * i, top1=50.0,
@@ -44,3 +54,10 @@ def test_results_table_has_one_row_per_method():
     ]  # fmt: skip
     table = results_table(rows).splitlines()
     assert len(table) == 4 and table[2].startswith("| linear probe | 10 |")
+
+
+def test_standard_error_note_uses_the_median_top1_and_the_test_count():
+    rows = [{"top1": 50.0}, {"top1": 60.0}, {"top1": 70.0}]
+    # binomial standard error at 60% over 500 videos: sqrt(0.6 * 0.4 / 500) = 2.19%
+    assert standard_error_note(rows, 500).endswith("about 2.2 points at 60%")
+    assert "about 4.9 points" in standard_error_note(rows, 100)

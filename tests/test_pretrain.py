@@ -15,6 +15,7 @@ from aptune.cli import main
 from aptune.data.errors import DataError
 from aptune.data.synthetic import make_clip, write_video
 from aptune.data.transforms import normalize
+from aptune.demo import QUICK, train_flags
 from aptune.models.convert import load_pretrained
 from aptune.pretrain import demo_backbone_config, demo_backbone_path
 from aptune.pretrain.data import find_videos
@@ -193,6 +194,13 @@ def test_pretrain_command_output_loads_for_finetuning_and_resumes(tmp_path):
     expected = {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
     assert set(report.missing) - expected == {k for k in report.missing if "prompt" in k}
     assert expected <= set(report.missing)
+    # `aptune demo --backbone` reads the architecture from the same file
+    kw = demo_backbone_config(weights)["build_model_kwargs"]
+    assert kw == {"model": "vit_nano_patch16_224", "num_frames": 4, "input_size": 32,
+                  "tubelet_size": 2}  # fmt: skip
+    flags = train_flags("prompt", tmp_path, tmp_path / "demo", QUICK, 0, weights)
+    assert flags[flags.index("--finetune") + 1] == str(weights)
+    assert flags[flags.index("--input_size") + 1] == "32"
     # the run folder itself is accepted as the checkpoint path
     assert load_pretrained(fresh, out).format == "videomae-pretrain"
     with safe_open(str(weights), framework="pt") as f:
@@ -233,4 +241,7 @@ def test_bundled_backbone_loads_and_has_a_model_card():
     x = torch.randn(1, 3, kw["num_frames"], kw["input_size"], kw["input_size"])
     with torch.no_grad():
         assert model.eval()(x).shape == (1, 10)
-    assert cfg["summary"]["loss_per_epoch"]
+    curve = cfg["summary"]["loss_per_epoch"]
+    # it learnt past the plateau of predicting colours (an earlier recipe stalled there:
+    # 0.0279 at epoch 5, 0.0274 at the end)
+    assert curve[-1] < 0.85 * curve[5]

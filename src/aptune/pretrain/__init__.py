@@ -36,19 +36,32 @@ def demo_backbone_path() -> Path:
     return path
 
 
-def demo_backbone_config() -> dict[str, Any]:
-    """How the bundled backbone was built, from its safetensors metadata.
+def demo_backbone_config(path: str | Path | None = None) -> dict[str, Any]:
+    """How the bundled backbone (or another ``aptune pretrain`` output) was built.
 
     ``build_model_kwargs`` are the arguments ``aptune.build_model`` needs besides
     ``checkpoint``/``num_classes``/method options (model name, frames, input size,
     tubelet); ``data`` describes the videos it was pre-trained on (frames, size,
-    sampling rate), which the demo's labelled videos should match.
+    sampling rate), which the demo's labelled videos should match. ``path`` is a file
+    written by ``aptune pretrain`` (``pretrain.safetensors``) or by
+    ``scripts/make_demo_backbone.sh``; both carry the architecture in their metadata.
     """
     from safetensors import safe_open
 
-    with safe_open(str(demo_backbone_path()), framework="pt") as f:
-        meta = f.metadata() or {}
-    arch = json.loads(meta.get("architecture", "{}"))
+    source = Path(path) if path is not None else demo_backbone_path()
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such backbone file")
+    try:
+        with safe_open(str(source), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for non-safetensors
+        raise ValueError(f"{source}: not a safetensors file ({exc})") from exc
+    if "architecture" not in meta:
+        raise ValueError(
+            f"{source}: no 'architecture' metadata; use a pretrain.safetensors written by "
+            "aptune pretrain or a file from scripts/make_demo_backbone.sh"
+        )
+    arch = json.loads(meta["architecture"])
     return {
         "build_model_kwargs": {
             "model": arch.get("model", "vit_micro_patch16_224"),
