@@ -32,7 +32,11 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "linear": Recipe(0.96, (), "linear probe"),
-    "prompt": Recipe(1.6, ("--prompt_num_tokens", "16", "--prompt_reparam"), "APT (16 tokens)"),
+    "prompt": Recipe(
+        1.6,
+        ("--prompt_num_tokens", "16", "--prompt_reparam", "--prompt_dropout", "0.1"),
+        "APT (16 tokens)",
+    ),  # prompt dropout 0.1 as in every reference APT recipe
     "vpt_deep": Recipe(1.28, ("--vpt_num_tokens", "16"), "VPT-deep (16 tokens)"),
     "adapter": Recipe(0.32, ("--adapter_dim", "16"), "AdaptFormer (dim 16)"),
     "lora": Recipe(0.32, ("--lora_rank", "4"), "LoRA (rank 4)"),
