@@ -274,6 +274,7 @@ def add_demo_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backbone", default=None,
                    help="pre-trained encoder to start from instead of the bundled one: a "
-                   "pretrain.safetensors from aptune pretrain (same input size)")  # fmt: skip
+                   "pretrain.safetensors from aptune pretrain; the videos follow its "
+                   "input size and frame count")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_demo)
