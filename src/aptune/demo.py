@@ -51,10 +51,9 @@ QUICK_METHODS = ("linear", "prompt", "end2end")
 class Scale:
     """Videos per class and epochs; ``--quick`` trades accuracy for a one-minute run.
 
-    Decoding, not the model, bounds a CPU step here, and a new synthetic video costs 5 ms
-    to write: many distinct training videos seen for few epochs beat few videos seen
-    often, and 500 test videos keep the accuracies within about 2 points (one standard
-    error).
+    A step costs the same whether its clips come from new or repeated videos, and writing
+    a synthetic video is cheap: many distinct training videos seen for few epochs beat few
+    videos seen often. 500 test videos keep one standard error near 2 points.
     """
 
     train: int
