@@ -57,7 +57,7 @@ def random_mask(
     another time slice, which rewards finding the same content across frames.
     """
     n = grid[0] * grid[1] * grid[2]
-    masked = int(num_masked_per_slice((1, 1, n), mask_ratio))
+    masked = num_masked_per_slice((1, 1, n), mask_ratio)  # one slice of all n tokens
     order = torch.rand(batch_size, n, generator=generator).argsort(dim=1)  # (B, N)
     mask = torch.zeros(batch_size, n, dtype=torch.bool)
     return mask.scatter_(1, order[:, :masked], True)
