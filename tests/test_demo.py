@@ -20,15 +20,19 @@ def test_quick_demo_runs_end_to_end_and_writes_table_and_plots(tmp_path, capsys)
     # tunable counts of the bundled vit_micro (D 128, depth 4, heads 4), 10 classes
     head = 2 * 128 + 128 * 10 + 10
     assert by["linear"]["tunable"] == head
-    assert by["prompt"]["tunable"] == head + 4 * 2 * 16 * 32 + 4 * 2 * 16
+    assert by["prompt"]["tunable"] == head + 4 * 2 * 64 * 32 + 4 * 2 * 64
     assert by["end2end"]["tunable_percent"] > 100 > by["prompt"]["tunable_percent"]
     for r in rows:
         assert 0 <= r["top1"] <= r["top5"] <= 100 and r["peak_memory_mb"] > 0
         assert len(r["val_top1_curve"]) == 2
     for name in ("demo_results.md", "accuracy_vs_params.png", "learning_curves.png"):
         assert (out / name).stat().st_size > 0
+    # every video decoded once into the cache the runs share, none of them twice
+    videos = list((out / "data" / "videos").rglob("*.mp4"))
+    assert len(videos) == 10 * (6 + 2 + 3)
+    assert len(list((out / "data" / "decode_cache").rglob("*.npy"))) == len(videos)
     printed = capsys.readouterr().out
-    assert "| APT (16 tokens) |" in printed and str(out / "demo_results.md") in printed
+    assert "| APT (64 tokens) |" in printed and str(out / "demo_results.md") in printed
 
 
 def test_unknown_method_is_a_one_line_error(tmp_path, capsys):
@@ -56,8 +60,13 @@ def test_results_table_has_one_row_per_method():
     assert len(table) == 4 and table[2].startswith("| linear probe | 10 |")
 
 
-def test_standard_error_note_uses_the_median_top1_and_the_test_count():
-    rows = [{"top1": 50.0}, {"top1": 60.0}, {"top1": 70.0}]
-    # binomial standard error at 60% over 500 videos: sqrt(0.6 * 0.4 / 500) = 2.19%
-    assert standard_error_note(rows, 500).endswith("about 2.2 points at 60%")
-    assert "about 4.9 points" in standard_error_note(rows, 100)
+def test_standard_error_note_is_the_binomial_maximum():
+    # sqrt(0.5 * 0.5 / 500) = 2.24%; a difference of two: x sqrt(2) = 3.16
+    note = standard_error_note(500)
+    assert "500 test videos" in note and "at most 2.2 points, 3.2 for the difference" in note
+    assert "at most 1.6 points" in standard_error_note(1000)
+
+
+def test_bad_jobs_is_a_one_line_error(tmp_path, capsys):
+    assert main(["demo", "--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err

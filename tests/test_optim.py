@@ -161,3 +161,40 @@ def test_clip_gradients():
     assert p.grad.tolist() == [3.0, 4.0]
     assert clip_gradients([p], 1.0) == pytest.approx(5.0)
     torch.testing.assert_close(p.grad.norm(), torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+
+
+def test_head_lr_scale_moves_only_the_classifier():
+    model = nano(prompt_reparam=True)
+    default = param_groups(model, weight_decay=0.05)
+    assert [g["name"] for g in default] == [
+        g["name"] for g in param_groups(model, 0.05, head_lr_scale=1.0)
+    ]
+    opt = build_optimizer(model, lr=2.0, weight_decay=0.05, head_lr_scale=0.1)
+    where = membership(opt.param_groups, model)
+    for name in ("head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"):
+        assert where[name]["lr"] == pytest.approx(0.2) and where[name]["name"].endswith("_head")
+    for name in ("kv_prompts.prompt_embeddings_k", "kv_prompts.prompt_scale"):
+        assert where[name]["lr"] == pytest.approx(2.0)
+    assert where["head.weight"]["weight_decay"] == 0.05  # decay kept per group
+    assert where["head.bias"]["weight_decay"] == 0.0
+    apply_schedules(opt, 0, [1.0], [0.05])  # the schedule keeps the ratio
+    assert where["head.weight"]["lr"] == pytest.approx(0.1)
+    assert where["kv_prompts.prompt_embeddings_v"]["lr"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="--head_lr_scale must be > 0"):
+        build_optimizer(model, lr=1.0, head_lr_scale=0.0)
+
+
+def test_head_lr_scale_flag_reaches_the_optimizer():
+    from aptune.config import build_train_parser, finalize, parse_args
+    from aptune.distributed import DistInfo
+    from aptune.training import build_train_step
+
+    assert parse_args([], build_train_parser()).head_lr_scale == 1.0
+    argv = ["--head_lr_scale", "0.25", "--lr", "2.56", "--batch_size", "1", "--mixup", "0",
+            "--cutmix", "0", "--epochs", "1", "--warmup_epochs", "0"]  # fmt: skip
+    args = finalize(parse_args(argv, build_train_parser()))
+    model = nano(prompt_reparam=True)
+    step = build_train_step(args, model, model, DistInfo(), steps=4)
+    where = membership(step.optimizer.param_groups, model)
+    assert where["head.weight"]["lr_scale"] == 0.25
+    assert where["kv_prompts.prompt_embeddings_k"]["lr_scale"] == 1.0

@@ -112,6 +112,13 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight_decay_end", type=float, default=None, help="cosine wd target")
     g.add_argument("--lr", type=float, default=1e-3, help="base lr per 256 samples")
     g.add_argument("--layer_decay", type=float, default=0.75, help="layer-wise lr decay")
+    g.add_argument(
+        "--head_lr_scale",
+        type=float,
+        default=1.0,
+        help="lr multiplier for the classifier (fc_norm, head); e.g. 0.1 lets APT's prompts "
+        "train at a high --lr while the head keeps a linear probe's lr (not in the reference)",
+    )
     g.add_argument("--warmup_lr", type=float, default=1e-6, help="lr at the start of warmup")
     g.add_argument("--min_lr", type=float, default=1e-6, help="lr at the end of the cosine")
     g.add_argument("--warmup_epochs", type=int, default=5, help="linear warmup epochs")
@@ -204,6 +211,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         "--strict_data",
         action="store_true",
         help="fail on the first unreadable training video instead of skipping it",
+    )
+    g.add_argument(
+        "--decode_cache",
+        default=None,
+        metavar="DIR",
+        help="decode each video once into DIR (raw frames: frames x H x W x 3 bytes per "
+        "video) and read it from there in later epochs and runs; for small or "
+        "low-resolution datasets where decoding costs more than the model step",
     )
     g.add_argument("--num_workers", type=int, default=10, help="data loading processes")
     _bool_pair(g, "pin_mem", True, "pin host memory for faster GPU transfer")

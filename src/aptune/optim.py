@@ -39,6 +39,9 @@ EMBED_NAMES = ("patch_embed", "pos_embed", "cls_token", "mask_token")
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum")
 
 
+HEAD_PREFIXES = ("fc_norm.", "head.")  # the classifier on top of the pooled features
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model under a DDP / DataParallel wrapper, so names have no ``module.``."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
@@ -84,6 +87,7 @@ def param_groups(
     weight_decay: float,
     layer_decay: float | None = None,
     no_decay_names: Iterable[str] = (),
+    head_lr_scale: float = 1.0,
 ) -> list[dict]:
     """Trainable parameters split into (layer, decay / no-decay) groups.
 
@@ -91,6 +95,9 @@ def param_groups(
     ``name`` such as ``layer_3_decay`` (``decay`` / ``no_decay`` without layer decay) for
     logs. Groups appear in the order their first parameter does in ``named_parameters``,
     so the optimiser state layout is stable across runs of the same model.
+    ``head_lr_scale`` != 1 puts the classifier (``fc_norm``, ``head``) in groups of its own
+    (``..._head``) whose ``lr_scale`` is multiplied by it: a PEFT method's few new tensors
+    often want a far larger lr than the linear head on top of them.
     """
     model = unwrap(model)
     skip = set(no_decay_names)
@@ -110,6 +117,8 @@ def param_groups(
             scale = float(layer_decay ** (num_layers + 1 - layer_id))
         else:
             key, scale = kind, 1.0
+        if head_lr_scale != 1.0 and name.startswith(HEAD_PREFIXES):
+            key, scale = f"{key}_head", scale * float(head_lr_scale)
         if key not in groups:
             groups[key] = {
                 "params": [],
@@ -130,6 +139,7 @@ def build_optimizer(
     opt_betas: tuple[float, float] | None = None,
     momentum: float = 0.9,
     layer_decay: float | None = None,
+    head_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """An optimiser over :func:`param_groups` with timm's meaning of ``--opt``.
 
@@ -140,7 +150,9 @@ def build_optimizer(
     name = opt.lower()
     if name not in OPTIMIZERS:
         raise ValueError(f"--opt {opt!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
-    groups = param_groups(model, weight_decay, layer_decay)
+    if not head_lr_scale > 0:
+        raise ValueError(f"--head_lr_scale must be > 0, got {head_lr_scale}")
+    groups = param_groups(model, weight_decay, layer_decay, head_lr_scale=head_lr_scale)
     if not groups:
         raise ValueError("the model has no trainable parameters: nothing to optimise")
     for g in groups:

@@ -171,6 +171,7 @@ def load_run(run: Path, which: str = "last") -> tuple[argparse.Namespace, Path]:
 
 def load_trained_model(run: Path, which: str, info: DistInfo, overrides: dict | None = None):
     args, ckpt = load_run(run, which)
+    args.decode_cache = None  # a training speed-up; eval/predict read each video once anyway
     vars(args).update(overrides or {})
     model = T.build_run_model(args, info)
     load_model_weights(ckpt / "model.safetensors", model)

@@ -52,6 +52,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         backend=args.decoder,
         strict_data=args.strict_data,
         crop_scale=tuple(args.crop_scale),
+        decode_cache=args.decode_cache,
     )
 
 
@@ -168,6 +169,7 @@ def build_train_step(
         opt_betas=tuple(args.opt_betas) if args.opt_betas else None,
         momentum=args.momentum,
         layer_decay=layer_decay,
+        head_lr_scale=getattr(args, "head_lr_scale", 1.0),
     )
     lr_values = cosine_schedule(
         lr, min_lr, args.epochs, steps, args.warmup_epochs, warmup_lr, args.warmup_steps

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from .decode import BACKENDS, open_video, resolve_backend
 from .errors import DataError, VideoDecodeError
+from .frame_cache import FrameCache
 from .lists import VideoEntry, parse_video_list, read_class_names, scan_class_folder
 from .sampling import SAMPLING_MODES, all_test_views, clip_indices, is_short, sampling_mode
 from .transforms import EvalTransform, TrainTransform
@@ -58,6 +59,7 @@ class DataConfig:
     backend: str = "auto"  # auto | pyav | decord | frames
     strict_data: bool = False
     crop_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop area (reference)
+    decode_cache: str | None = None  # folder: decode each video once (see frame_cache)
 
     def __post_init__(self) -> None:
         choices = {"data_set": DATA_SETS, "sampling": SAMPLING_MODES, "backend": BACKENDS}
@@ -175,6 +177,7 @@ class VideoClipDataset(Dataset):
         self.views_per_video = cfg.test_num_segment * cfg.test_num_crop if split == "test" else 1
         self._cache: tuple[int, int, torch.Tensor] | None = None  # (video, segment, resized)
         self._warned_short: set[str] = set()
+        self.frame_cache = FrameCache(cfg.decode_cache) if cfg.decode_cache else None
 
     @property
     def video_paths(self) -> list[str]:
@@ -220,7 +223,11 @@ class VideoClipDataset(Dataset):
         self, entry: VideoEntry, segment: int | None, rng: np.random.Generator | None = None
     ) -> np.ndarray:
         cfg = self.cfg
-        with open_video(entry.path, cfg.backend) as reader:
+        if self.frame_cache is not None:
+            opened = self.frame_cache.open(entry.path, cfg.backend)
+        else:
+            opened = open_video(entry.path, cfg.backend)
+        with opened as reader:
             n = reader.num_frames
             if segment is None:
                 indices = clip_indices(self.mode, n, cfg.num_frames, cfg.sampling_rate, rng)

@@ -1,0 +1,126 @@
+"""--decode_cache: frames identical to decoding, each video decoded once, safe on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from aptune.data import DataConfig, VideoDecodeError, build_dataset, collate_clips
+from aptune.data import frame_cache as fc
+from aptune.data.decode import read_frames
+from aptune.data.frame_cache import FrameCache
+
+SMALL = {"num_frames": 8, "sampling_rate": 2, "input_size": 32, "short_side_size": 40}
+
+
+@pytest.fixture
+def count_decodes(monkeypatch) -> list[str]:
+    """Paths decoded through the real backends (the cache calls `open_video` to fill)."""
+    opened: list[str] = []
+    real = fc.open_video
+
+    def counting(path, backend="auto", threads=1):
+        opened.append(os.fspath(path))
+        return real(path, backend, threads)
+
+    monkeypatch.setattr(fc, "open_video", counting)
+    return opened
+
+
+@pytest.mark.parametrize("ext", ["avi", "mp4", "webm"])
+def test_cached_frames_equal_decoded_frames(tmp_path, coded_videos, ext, count_decodes):
+    cache = FrameCache(tmp_path / "cache")
+    video = coded_videos[ext]
+    indices = [0, 5, 5, 13, 47, 2]
+    first = cache.open(video).get_frames(indices)
+    second = cache.open(video)
+    assert second.num_frames == 48
+    np.testing.assert_array_equal(first, read_frames(video, indices))
+    np.testing.assert_array_equal(second.get_frames(indices), first)
+    assert count_decodes == [str(video)]  # the second open read the cache only
+    entries = list((tmp_path / "cache").rglob("*"))
+    assert [p.suffix for p in entries if p.is_file()] == [".npy"]  # no temporary left
+
+
+def test_replaced_video_is_decoded_again(tmp_path, coded_videos, count_decodes):
+    video = shutil.copy(coded_videos["mp4"], tmp_path / "v.mp4")
+    cache = FrameCache(tmp_path / "cache")
+    old_entry = cache.entry_path(video)
+    cache.open(video)
+    shutil.copy(coded_videos["avi"], video)  # same name, new content
+    os.utime(video, ns=(1, 1))
+    assert cache.entry_path(video) != old_entry
+    cache.open(video)
+    assert count_decodes == [str(video)] * 2
+
+
+def test_unreadable_entry_is_replaced(tmp_path, coded_videos, caplog, count_decodes):
+    cache = FrameCache(tmp_path / "cache")
+    video = coded_videos["avi"]
+    entry = cache.entry_path(video)
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(b"\x93NUMPY garbage")  # e.g. a disk that lost the tail of a file
+    frames = cache.open(video).get_frames([3])
+    np.testing.assert_array_equal(frames, read_frames(video, [3]))
+    assert "unreadable" in caplog.text and len(count_decodes) == 1
+    assert np.load(entry).shape == (48, 32, 64, 3)
+
+
+def test_bad_videos_still_raise(tmp_path, bad_videos):
+    cache = FrameCache(tmp_path / "cache")
+    for name, message in [("corrupt", "corrupt.mp4"), ("empty", "0 bytes"),
+                          ("missing", "not found")]:  # fmt: skip
+        with pytest.raises(VideoDecodeError, match=message):
+            cache.open(bad_videos[name]).get_frames([0])
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_unwritable_folder_is_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=r"--decode_cache .*file/sub: cannot write there"):
+        FrameCache(blocker / "sub")
+
+
+def test_write_failure_goes_on_uncached(tmp_path, coded_videos, monkeypatch, caplog):
+    cache = FrameCache(tmp_path / "cache")
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fc.np, "save", full_disk)
+    frames = cache.open(coded_videos["mp4"]).get_frames([7])
+    np.testing.assert_array_equal(frames, read_frames(coded_videos["mp4"], [7]))
+    assert "going on uncached" in caplog.text
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_dataset_with_cache_gives_the_same_clips(tmp_path, action_data, count_decodes):
+    cfg = DataConfig(data_set="SSV2", data_path=action_data["data_path"], nb_classes=3, **SMALL)
+    cached = replace(cfg, decode_cache=str(tmp_path / "cache"))
+    for split in ("val", "test"):
+        plain, fast = build_dataset(split, cfg), build_dataset(split, cached)
+        for i in range(len(plain)):
+            assert torch.equal(plain[i].clips, fast[i].clips)
+    train = build_dataset("train", cached)
+    torch.manual_seed(3)
+    a = collate_clips([train[i] for i in range(len(train))])
+    torch.manual_seed(3)
+    b = collate_clips([build_dataset("train", cfg)[i] for i in range(len(train))])
+    assert torch.equal(a.clips, b.clips) and a.labels.tolist() == b.labels.tolist()
+    videos = len(build_dataset("train", cfg)) + 3 + 3  # train + val + test videos
+    assert len(set(count_decodes)) == videos == len(count_decodes)  # each decoded once
+
+
+def test_train_flag_reaches_the_dataset(tmp_path):
+    from aptune.config import build_train_parser, parse_args
+    from aptune.training import data_config
+
+    args = parse_args(["--decode_cache", str(tmp_path / "c")], build_train_parser())
+    assert data_config(args).decode_cache == str(tmp_path / "c")
+    assert data_config(parse_args([], build_train_parser())).decode_cache is None
