@@ -112,6 +112,23 @@ def test_crop_scale_one_keeps_the_whole_square_frame():
         assert sample_crop_box(64, 64, 64, rng, (1.0, 1.0)) == (0.0, 0.0, 64.0, 64.0)
 
 
+@pytest.mark.parametrize("height,width", [(240, 320), (320, 240), (240, 427), (90, 160)])
+def test_fallback_crop_never_leaves_the_frame(height, width):
+    # crop_scale 1.0 sends every non-square frame to the fallback; 320x240 once produced a
+    # box 1 px left of the frame (w_r / h_r is a hair above 4/3), which PIL rejects
+    from aptune.data.transforms import TrainTransform, sample_crop_box
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x0, y0, x1, y1 = sample_crop_box(height, width, 224, rng, (1.0, 1.0))
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        aspect = (x1 - x0) / (y1 - y0)
+        assert 3 / 4 - 1e-9 <= aspect <= 4 / 3 + 1e-9
+    frames = np.zeros((2, height, width, 3), dtype=np.uint8)
+    clip = TrainTransform(64, crop_scale=(1.0, 1.0), reprob=0.0)(frames, rng)
+    assert clip.shape == (3, 2, 64, 64)
+
+
 def test_crop_scale_is_validated_with_the_flag_name():
     from aptune.data import DataConfig
 

@@ -66,15 +66,16 @@ def sample_crop_box(
             y0 = int(rng.integers(0, int(h_r - h) + 1))
             x0 = int(rng.integers(0, int(w_r - w) + 1))
             break
-    else:  # fallback: centre crop with the ratio clamped into range
+    else:  # fallback: centre crop with the ratio clamped into range (never past the frame:
+        # 320x240 has w_r / h_r a hair above 4/3 in floating point)
         in_ratio = w_r / h_r
         if in_ratio < ratio[0]:
-            w, h = w_r, round(w_r / ratio[0])
+            w, h = w_r, min(h_r, w_r / ratio[0])
         elif in_ratio > ratio[1]:
-            h, w = h_r, round(h_r * ratio[1])
+            h, w = h_r, min(w_r, h_r * ratio[1])
         else:
             w, h = w_r, h_r
-        y0, x0 = int((h_r - h) // 2), int((w_r - w) // 2)
+        y0, x0 = (h_r - h) / 2, (w_r - w) / 2
     return (x0 / f, y0 / f, min((x0 + w) / f, width), min((y0 + h) / f, height))
 
 
