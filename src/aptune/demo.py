@@ -10,6 +10,7 @@ memory is its own) and evaluated on held-out videos.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -34,8 +35,15 @@ RECIPES: dict[str, Recipe] = {
     "linear": Recipe(0.24, (), "linear probe"),
     "prompt": Recipe(
         2.4,
-        ("--prompt_num_tokens", "64", "--prompt_reparam", "--prompt_dropout", "0.1",
-         "--head_lr_scale", "0.1"),
+        (
+            "--prompt_num_tokens",
+            "64",
+            "--prompt_reparam",
+            "--prompt_dropout",
+            "0.1",
+            "--head_lr_scale",
+            "0.1",
+        ),
         "APT (64 tokens)",
     ),  # prompt dropout 0.1 as in every reference APT recipe; the head keeps the linear
     # probe's lr (2.4 x 0.1 = 0.24) while the prompts train at 2.4
@@ -91,10 +99,15 @@ def make_data(root: Path, scale: Scale, frames: int, size: int, seed: int) -> di
     return info
 
 
-def _decode_into_cache(job: tuple[str, str]) -> None:
+@functools.lru_cache(maxsize=1)
+def _frame_cache(folder: str):
     from aptune.data.frame_cache import FrameCache
 
-    FrameCache(job[0]).open(job[1])
+    return FrameCache(folder)  # one per pool process: its folder check runs once
+
+
+def _decode_into_cache(job: tuple[str, str]) -> None:
+    _frame_cache(job[0]).open(job[1])
 
 
 def warm_decode_cache(root: Path, workers: int = 2) -> int:
@@ -201,12 +214,6 @@ def run_jobs(jobs: list[Job], epochs: int, bar: tqdm, parallel: int = 1) -> list
                 done[pid] = lines
         time.sleep(0.2)
     return jobs
-
-
-def run_method(flags: list[str], out: Path, epochs: int, bar: tqdm) -> tuple[int, float, int]:
-    """Train one method alone in a child process; -> (exit code, seconds, peak RSS bytes)."""
-    (job,) = run_jobs([Job("run", flags, out)], epochs, bar, parallel=1)
-    return int(job.code or 0), job.seconds, job.peak_bytes
 
 
 def _epochs_logged(out: Path) -> int:

@@ -169,7 +169,7 @@ def build_train_step(
         opt_betas=tuple(args.opt_betas) if args.opt_betas else None,
         momentum=args.momentum,
         layer_decay=layer_decay,
-        head_lr_scale=getattr(args, "head_lr_scale", 1.0),
+        head_lr_scale=args.head_lr_scale,
     )
     lr_values = cosine_schedule(
         lr, min_lr, args.epochs, steps, args.warmup_epochs, warmup_lr, args.warmup_steps
