@@ -170,6 +170,11 @@ def default_parallel() -> int:
     return 2 if _cores() >= 2 else 1
 
 
+def threads_per_job(parallel: int) -> int:
+    """Threads each child gets when ``parallel`` children share the machine's cores."""
+    return max(1, _cores() // max(1, parallel))
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -184,12 +189,13 @@ def run_jobs(jobs: list[Job], epochs: int, bar: tqdm, parallel: int = 1) -> list
     on 2 cores two one-thread runs finish 1.4x more clips per second than one two-thread
     run. Every child still has its own wall time and peak memory (``wait4``).
     """
-    threads = str(max(1, _cores() // max(1, parallel)))
+    parallel = max(1, parallel)
+    threads = str(threads_per_job(parallel))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads,
            "MKL_NUM_THREADS": threads}  # fmt: skip
     pending, running, done = list(jobs), {}, {}
     while pending or running:
-        while pending and len(running) < max(1, parallel):
+        while pending and len(running) < parallel:
             job = pending.pop(0)
             job.out.mkdir(parents=True, exist_ok=True)
             log = open(job.out / "demo_train.log", "w")
@@ -252,7 +258,7 @@ def results_table(rows: list[dict]) -> str:
 
 def standard_error_note(num_test: int) -> str:
     """How far apart two top-1 numbers must be to mean something (binomial error at 50%,
-    its largest), and how the train times were measured."""
+    its largest)."""
     se = 100 * (0.25 / num_test) ** 0.5
     pair = se * 2**0.5  # two independent estimates
     return (f"top-1 on {num_test} test videos: one standard error is at most {se:.1f} points, "
@@ -333,7 +339,7 @@ def run_demo(args: argparse.Namespace) -> int:
     table = results_table(rows)
     note = standard_error_note(scale.test * scale.num_classes)
     note += (f"\ntrain time: wall seconds of each run, {parallel} run(s) side by side on "
-             f"{max(1, _cores() // parallel)} thread(s) each")  # fmt: skip
+             f"{threads_per_job(parallel)} thread(s) each")  # fmt: skip
     (out / "demo_results.md").write_text(f"{table}\n\n{note}\n")
     (out / "demo_results.json").write_text(json.dumps(rows, indent=2))
     plot(rows, out)

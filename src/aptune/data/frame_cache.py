@@ -20,6 +20,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 
@@ -57,10 +58,10 @@ class FrameCache:
                 "choose a writable folder or drop the flag"
             ) from exc
 
-    def entry_path(self, video: str | os.PathLike) -> Path:
+    def entry_path(self, video: str | os.PathLike, stat: os.stat_result | None = None) -> Path:
         """Where the frames of ``video`` live; changes when the file is replaced or edited."""
         path = os.path.abspath(os.fspath(video))
-        stat = os.stat(path)
+        stat = stat or os.stat(path)
         key = f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
         digest = hashlib.sha1(key, usedforsecurity=False).hexdigest()
         return self.folder / digest[:2] / f"{digest}.npy"
@@ -71,9 +72,13 @@ class FrameCache:
         Folders of frames are read directly: they are decoded images already.
         """
         path = os.fspath(video)
-        if not os.path.isfile(path):
+        try:
+            stat = os.stat(path)  # one stat per clip: it is also the cache key
+        except OSError:
+            stat = None
+        if stat is None or not S_ISREG(stat.st_mode):
             return open_video(path, backend)  # missing file / frame folder: the usual path
-        entry = self.entry_path(path)
+        entry = self.entry_path(path, stat)
         frames = self._load(entry)
         if frames is None:
             with open_video(path, backend) as reader:
