@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from aptune import demo
+from aptune.commands import demo
 
 # key -> (label, method, lr per 256 clips, extra flags). The demo: linear 0.24; APT 2.4 with
 # --head_lr_scale 0.1, so its head trains at the linear probe's 0.24 (kept in every APT row

@@ -36,7 +36,7 @@ def measure(cfg: dict) -> dict:
     import torch
 
     import aptune
-    from aptune.profile import count_flops  # counts CPU SDPA kernels too
+    from aptune.commands.profile import count_flops  # counts CPU SDPA kernels too
 
     torch.manual_seed(0)
     model = aptune.build_model(
@@ -65,6 +65,7 @@ def measure(cfg: dict) -> dict:
         opt.step()
 
     fn = forward if cfg["mode"] == "forward" else train_step
+
     # FlopCounterMode's module tracker needs autograd on: count a grad-enabled forward
     # (same flops) for "forward", the real step for "train".
     def counted() -> None:

@@ -12,10 +12,10 @@ from safetensors import safe_open
 
 import aptune
 from aptune.cli import main
+from aptune.commands.demo import QUICK, train_flags
 from aptune.data.errors import DataError
 from aptune.data.synthetic import make_clip, write_video
 from aptune.data.transforms import normalize
-from aptune.demo import QUICK, train_flags
 from aptune.models.convert import load_pretrained
 from aptune.pretrain import demo_backbone_config, demo_backbone_path
 from aptune.pretrain.data import find_videos

@@ -15,8 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 log = logging.getLogger("aptune")
 
 
@@ -28,7 +26,7 @@ def setup_logging() -> None:
 
 def cmd_train(argv: list[str]) -> int:
     from aptune.config import build_train_parser, parse_args
-    from aptune.runner import train
+    from aptune.engine import train
 
     args = parse_args(argv, build_train_parser())
     if args.eval:
@@ -39,7 +37,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_reference_eval(args: argparse.Namespace) -> int:
     """``--eval`` of the reference: test the model given by --finetune / --resume."""
-    from aptune.runner import evaluate_args
+    from aptune.engine import evaluate_args
 
     result = evaluate_args(args)
     if result:
@@ -48,7 +46,7 @@ def cmd_reference_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from aptune.runner import evaluate_run
+    from aptune.engine import evaluate_run
 
     overrides = {
         k: v
@@ -74,42 +72,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from aptune.predict import predict_videos
-
-    results = predict_videos(Path(args.run), args.videos, args.which, args.topk)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for item in results:
-        print(item["path"])
-        for rank, (idx, name, prob) in enumerate(item["topk"], 1):
-            print(f"  {rank}. {name:<30} {100 * prob:6.2f}%  (class {idx})")
-    return 0
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    from aptune.build import build_model
-    from aptune.config import method_options
-    from aptune.runner import load_run
-    from aptune.tuning import parameter_report
-
-    run = Path(args.run)
-    cfg, ckpt = load_run(run, "last")
-    print(f"run: {run}\nlatest checkpoint: {ckpt}")
-    print(yaml.safe_dump({k: v for k, v in sorted(vars(cfg).items()) if k != "func"}))
-    model = build_model(
-        cfg.model, num_classes=cfg.nb_classes, transfer_type=cfg.transfer_type,
-        num_frames=cfg.num_frames, input_size=cfg.input_size, tubelet_size=cfg.tubelet_size,
-        **method_options(cfg),
-    )  # fmt: skip
-    print(parameter_report(model))
-    metrics = run / "metrics.json"
-    if metrics.is_file():
-        print("final metrics:", metrics.read_text())
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aptune",
@@ -130,45 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num_workers", type=int, default=None)
     e.add_argument("--output", default=None, help="folder for eval outputs (default: run)")
     e.set_defaults(func=cmd_eval)
-    pr = sub.add_parser("predict", help="top-k classes of new videos with a trained run")
-    pr.add_argument("videos", nargs="+", help="video files (.avi, .mp4, .webm, frame folders)")
-    pr.add_argument("--run", required=True, help="output_dir of an aptune train run")
-    pr.add_argument("--which", choices=["last", "best"], default="best")
-    pr.add_argument("--topk", type=int, default=5)
-    pr.add_argument("--json", action="store_true", help="print JSON")
-    pr.set_defaults(func=cmd_predict)
-    i = sub.add_parser("info", help="config, parameter report and metrics of a run")
-    i.add_argument("run")
-    i.set_defaults(func=cmd_info)
-    _add_optional(sub)
-    return p
-
-
-def _add_optional(sub) -> None:
-    """Sub-commands whose modules register their own parsers."""
+    from aptune.commands.demo import add_demo_parser
+    from aptune.commands.info import add_info_parser
+    from aptune.commands.predict import add_predict_parser
+    from aptune.commands.profile import add_profile_parser
     from aptune.data.prepare import add_prepare_parser
+    from aptune.pretrain import add_pretrain_parser
 
-    add_prepare_parser(sub)
-    for module, fn in (
-        ("aptune.profile", "add_profile_parser"),
-        ("aptune.pretrain", "add_pretrain_parser"),
-        ("aptune.demo", "add_demo_parser"),
-    ):
-        try:
-            mod = __import__(module, fromlist=[fn])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        getattr(mod, fn)(sub)
+    for add in (add_predict_parser, add_info_parser, add_prepare_parser, add_profile_parser,
+                add_pretrain_parser, add_demo_parser):  # fmt: skip
+        add(sub)
+    return p
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is the whole story for a user (no traceback)."""
-    from aptune.checkpoint import ResumeError
     from aptune.config import ConfigError
     from aptune.data import DataError
-    from aptune.engine import NonFiniteLossError
+    from aptune.engine import NonFiniteLossError, ResumeError
     from aptune.models.checkpoint_io import CheckpointError
     from aptune.tuning import TuningConfigError
 

@@ -86,9 +86,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--attn_impl",
-        default="sdpa",
-        choices=["sdpa", "plain"],
-        help="fused scaled_dot_product_attention (default) or the plain path",
+        default="auto",
+        choices=["auto", "sdpa", "plain"],
+        help="attention kernel: auto times both on the first batch and keeps the faster; "
+        "sdpa = fused scaled_dot_product_attention; plain = matmul + softmax",
+    )
+    g.add_argument(
+        "--cos_attn",
+        action="store_true",
+        help="cosine attention (VideoMAE V2 style; detected from the checkpoint otherwise)",
+    )
+    g.add_argument(
+        "--compile", action="store_true", help="wrap the model in torch.compile (off by default)"
     )
 
 
@@ -235,6 +244,18 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     _bool_pair(g, "auto_resume", True, "resume from the newest complete checkpoint in output_dir")
     _bool_pair(g, "save_ckpt", True, "write checkpoints")
     g.add_argument("--save_ckpt_freq", type=int, default=100, help="checkpoint every N epochs")
+    g.add_argument(
+        "--save_ckpt_steps",
+        type=int,
+        default=0,
+        help="also checkpoint every N optimiser steps, mid-epoch (0 = off)",
+    )
+    g.add_argument(
+        "--keep_ckpts",
+        type=int,
+        default=2,
+        help="keep the K newest checkpoints (plus checkpoint-best); older ones are removed",
+    )
     g.add_argument("--start_epoch", type=int, default=0, help="first epoch when not resuming")
     g.add_argument("--eval", action="store_true", help="only evaluate --finetune/--resume")
     g.add_argument(
@@ -337,6 +358,10 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError(f"--opt_betas needs two numbers, got {args.opt_betas}")
     if args.save_ckpt_freq < 1:
         raise ConfigError(f"--save_ckpt_freq must be >= 1, got {args.save_ckpt_freq}")
+    if args.save_ckpt_steps < 0:
+        raise ConfigError(f"--save_ckpt_steps must be >= 0, got {args.save_ckpt_steps}")
+    if args.keep_ckpts < 1:
+        raise ConfigError(f"--keep_ckpts must be >= 1, got {args.keep_ckpts}")
     return args
 
 

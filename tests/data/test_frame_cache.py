@@ -119,7 +119,7 @@ def test_dataset_with_cache_gives_the_same_clips(tmp_path, action_data, count_de
 
 def test_train_flag_reaches_the_dataset(tmp_path):
     from aptune.config import build_train_parser, parse_args
-    from aptune.training import data_config
+    from aptune.engine.builders import data_config
 
     args = parse_args(["--decode_cache", str(tmp_path / "c")], build_train_parser())
     assert data_config(args).decode_cache == str(tmp_path / "c")

@@ -15,7 +15,7 @@ import torch
 from engine_support import TINY
 from safetensors.torch import load_file
 
-import aptune.runner
+import aptune.engine.run
 from aptune.cli import main
 
 
@@ -75,7 +75,7 @@ def test_half_written_checkpoint_is_ignored_on_resume(
     square_data, uninterrupted, tmp_path, monkeypatch, caplog
 ):
     out = tmp_path / "run"
-    real_save = aptune.runner.save_training_state
+    real_save = aptune.engine.run.save_training_state
 
     class Killed(BaseException):
         pass
@@ -84,10 +84,10 @@ def test_half_written_checkpoint_is_ignored_on_resume(
         real_save(output_dir, epoch, *a, **kw)
         raise Killed  # the process dies right after its first complete checkpoint
 
-    monkeypatch.setattr(aptune.runner, "save_training_state", save_then_die)
+    monkeypatch.setattr(aptune.engine.run, "save_training_state", save_then_die)
     with pytest.raises(Killed):
         main(["train", *apt_flags(square_data, out, workers=1)])
-    monkeypatch.setattr(aptune.runner, "save_training_state", real_save)
+    monkeypatch.setattr(aptune.engine.run, "save_training_state", real_save)
     # what a kill during the next save leaves: a temp folder and a folder without marker
     half = out / "checkpoint-0001"
     shutil.copytree(out / "checkpoint-0000", half)

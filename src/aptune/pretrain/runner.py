@@ -23,21 +23,27 @@ import time
 import torch
 from torch import nn
 
-from aptune import training as T
-from aptune.checkpoint import (
+from aptune.config import save_config, to_dict
+from aptune.engine import builders as T
+from aptune.engine.checkpoint import (
     find_latest_checkpoint,
     load_training_state,
     save_model_weights,
     save_training_state,
 )
-from aptune.config import save_config, to_dict
-from aptune.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
-from aptune.engine import Precision, TrainStep, resolve_precision, train_one_epoch
-from aptune.optim import build_optimizer, cosine_schedule, scaled_lr
+from aptune.engine.distributed import (
+    DistInfo,
+    all_gather_objects,
+    barrier,
+    cleanup,
+    init_distributed,
+)
+from aptune.engine.loop import Precision, TrainStep, resolve_precision, train_one_epoch
+from aptune.engine.optim import build_optimizer, cosine_schedule, scaled_lr
+from aptune.engine.reports import RunLogger
 from aptune.pretrain.data import UnlabelledClips, find_videos
 from aptune.pretrain.masking import MASKS
 from aptune.pretrain.model import PretrainVideoMAE, build_pretrain_model, masked_mse, pixel_targets
-from aptune.reports import RunLogger
 
 log = logging.getLogger("aptune")
 PRETRAIN_FILE = "pretrain.safetensors"

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from aptune.models.vit import VisionTransformer
+from aptune.tuning.adapter import AdapterConfig
 from aptune.tuning.apt import AptConfig, AttentionPrompts, apply_apt
 from aptune.tuning.base import (
     HEAD_PREFIXES,
@@ -19,14 +20,36 @@ from aptune.tuning.base import (
     is_bias_or_norm,
     is_method_param,
 )
+from aptune.tuning.bitfit import BitFitConfig
 from aptune.tuning.full import End2EndConfig, LinearConfig, RandomInitConfig
+from aptune.tuning.lora import LoraConfig
 from aptune.tuning.report import ParameterReport, parameter_report
+from aptune.tuning.vpt import VptConfig, VptDeepConfig
 
 METHODS: dict[str, type[MethodConfig]] = {
-    cfg.name: cfg for cfg in (AptConfig, LinearConfig, End2EndConfig, RandomInitConfig)
+    cfg.name: cfg
+    for cfg in (
+        AptConfig,
+        LinearConfig,
+        End2EndConfig,
+        RandomInitConfig,
+        VptConfig,
+        VptDeepConfig,
+        AdapterConfig,
+        LoraConfig,
+        BitFitConfig,
+    )
 }
 #: other spellings users write for the same method
-ALIASES = {"apt": "prompt", "full": "end2end", "finetune": "end2end", "linear_probe": "linear"}
+ALIASES = {
+    "apt": "prompt",
+    "full": "end2end",
+    "finetune": "end2end",
+    "linear_probe": "linear",
+    "vpt": "vpt_shallow",
+    "adaptformer": "adapter",
+    "bias": "bitfit",
+}
 
 
 def register(cfg: type[MethodConfig], *aliases: str) -> type[MethodConfig]:
@@ -35,21 +58,6 @@ def register(cfg: type[MethodConfig], *aliases: str) -> type[MethodConfig]:
     for alias in aliases:
         ALIASES[alias] = cfg.name
     return cfg
-
-
-def _load_optional_methods() -> None:
-    """Import method modules that register themselves, when they exist."""
-    import importlib
-
-    for module in ("vpt", "adapter", "lora", "bitfit"):
-        try:
-            importlib.import_module(f"aptune.tuning.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"aptune.tuning.{module}":
-                raise
-
-
-_load_optional_methods()
 
 
 def parse_transfer_type(transfer_type: str, options: dict[str, Any]) -> list[MethodConfig]:

@@ -104,12 +104,3 @@ class AdapterConfig(MethodConfig):
             if layers is None or i in layers:
                 require(blk.mlp_adapter is None, f"block {i} already has an MLP adapter")
                 blk.mlp_adapter = ParallelAdapter(model.embed_dim, self.dim, self.scale)
-
-
-def _register() -> None:
-    from aptune.tuning import register
-
-    register(AdapterConfig, "adaptformer")
-
-
-_register()

@@ -21,12 +21,3 @@ class BitFitConfig(MethodConfig):
 
     name: ClassVar[str] = "bitfit"
     trains_biases: ClassVar[bool] = True
-
-
-def _register() -> None:
-    from aptune.tuning import register
-
-    register(BitFitConfig, "bias")
-
-
-_register()

@@ -159,12 +159,3 @@ class LoraConfig(MethodConfig):
             blk.attn.qkv_delta = QkvLoRA(model.embed_dim, parts, *args)
             for name in others:
                 _add_linear_lora(blk.get_submodule(name), *args)
-
-
-def _register() -> None:
-    from aptune.tuning import register
-
-    register(LoraConfig)
-
-
-_register()

@@ -110,13 +110,3 @@ class VptDeepConfig(VptConfig):
 
     name: ClassVar[str] = "vpt_deep"
     deep: ClassVar[bool] = True
-
-
-def _register() -> None:
-    from aptune.tuning import register
-
-    register(VptConfig, "vpt")
-    register(VptDeepConfig)
-
-
-_register()

@@ -13,6 +13,19 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DDP / DataParallel / ``torch.compile`` wrappers, so parameter
+    names carry no ``module.`` or ``_orig_mod.`` prefix (checkpoints, EMA, param groups)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 @dataclass

@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from aptune.build import build_model
 from aptune.config import method_options
 from aptune.data import DataConfig, build_dataset, collate_clips
-from aptune.distributed import DistInfo
-from aptune.engine import TrainStep, resolve_precision
-from aptune.mixup import VideoMixup, soft_target_cross_entropy
+from aptune.engine.distributed import DistInfo
+from aptune.engine.loop import TrainStep, resolve_precision
+from aptune.engine.mixup import VideoMixup, soft_target_cross_entropy
+from aptune.engine.optim import ModelEma, build_optimizer, cosine_schedule, scaled_lr
 from aptune.models.vit import VisionTransformer
-from aptune.optim import ModelEma, build_optimizer, cosine_schedule, scaled_lr
 
 log = logging.getLogger("aptune")
 
@@ -130,7 +130,7 @@ def build_run_model(args: argparse.Namespace, info: DistInfo) -> VisionTransform
         init_scale=args.init_scale,
         checkpoint=args.finetune or None,
         model_key=args.model_key,
-        attn_impl=args.attn_impl,
+        attn_impl="sdpa" if args.attn_impl == "auto" else args.attn_impl,
         **method_options(args),
     )
     return model.to(info.device)

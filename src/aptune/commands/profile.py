@@ -324,14 +324,14 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    """The command as the user typed it (``python -m aptune.profile`` or ``aptune profile``)."""
+    """The command as typed (`python -m aptune.commands.profile` or `aptune profile`)."""
     if getattr(args, "command_line", None):
         return args.command_line
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from aptune.profile_report import write_outputs
+    from aptune.commands.profile_report import write_outputs
     from aptune.tuning import METHODS, TuningConfigError
 
     fields = [(cfg, f) for cfg in METHODS.values() for f in dataclasses.fields(cfg)]
@@ -370,10 +370,10 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _configure(argparse.ArgumentParser(prog="python -m aptune.profile"))
+    parser = _configure(argparse.ArgumentParser(prog="python -m aptune.commands.profile"))
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    args.command_line = shlex.join(["python", "-m", "aptune.profile", *argv])
+    args.command_line = shlex.join(["python", "-m", "aptune.commands.profile", *argv])
     return args.func(args)
 
 

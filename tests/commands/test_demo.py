@@ -7,7 +7,7 @@ import json
 import pytest
 
 from aptune.cli import main
-from aptune.demo import RECIPES, results_table, standard_error_note
+from aptune.commands.demo import RECIPES, results_table, standard_error_note
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import aptune
-from aptune.optim import (
+from aptune.engine.optim import (
     ModelEma,
     apply_schedules,
     build_optimizer,
@@ -186,8 +186,8 @@ def test_head_lr_scale_moves_only_the_classifier():
 
 def test_head_lr_scale_flag_reaches_the_optimizer():
     from aptune.config import build_train_parser, finalize, parse_args
-    from aptune.distributed import DistInfo
-    from aptune.training import build_train_step
+    from aptune.engine.builders import build_train_step
+    from aptune.engine.distributed import DistInfo
 
     assert parse_args([], build_train_parser()).head_lr_scale == 1.0
     argv = ["--head_lr_scale", "0.25", "--lr", "2.56", "--batch_size", "1", "--mixup", "0",

@@ -17,19 +17,26 @@ from pathlib import Path
 
 import numpy as np
 
-from aptune import training as T
-from aptune.checkpoint import (
+from aptune.config import save_config, to_dict
+from aptune.engine import builders as T
+from aptune.engine.checkpoint import (
     find_latest_checkpoint,
     load_model_weights,
     load_training_state,
     save_best,
     save_training_state,
 )
-from aptune.config import save_config, to_dict
-from aptune.distributed import DistInfo, all_gather_objects, barrier, cleanup, init_distributed
-from aptune.engine import Precision, predict_views, resolve_precision, train_one_epoch
-from aptune.metrics import EvalResult, evaluate_probs, merge_views, write_predictions
-from aptune.reports import RunLogger, write_final_reports
+from aptune.engine.distributed import (
+    DistInfo,
+    all_gather_objects,
+    barrier,
+    cleanup,
+    init_distributed,
+    unwrap,
+)
+from aptune.engine.loop import Precision, predict_views, resolve_precision, train_one_epoch
+from aptune.engine.metrics import EvalResult, evaluate_probs, merge_views, write_predictions
+from aptune.engine.reports import RunLogger, write_final_reports
 from aptune.tuning import parameter_report
 
 log = logging.getLogger("aptune")
@@ -39,7 +46,7 @@ def evaluate_split(
     model, loader, info: DistInfo, precision: Precision, args, desc: str
 ) -> EvalResult | None:
     """Evaluate on every rank's shard (dist_eval) or on rank 0; merged result on rank 0."""
-    net = getattr(model, "module", model)
+    net = unwrap(model)
     if info.enabled and not args.dist_eval:
         records = (
             [predict_views(net, loader, info, precision, not args.no_progress, desc)]

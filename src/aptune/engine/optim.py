@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aptune.engine.distributed import unwrap
 from aptune.tuning.base import is_bias_or_norm
 
 log = logging.getLogger("aptune")
@@ -40,13 +41,6 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "momentum")
 
 
 HEAD_PREFIXES = ("fc_norm.", "head.")  # the classifier on top of the pooled features
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under a DDP / DataParallel wrapper, so names have no ``module.``."""
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
 
 
 def num_layers_of(model: nn.Module) -> int:

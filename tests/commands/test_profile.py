@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from aptune.profile import add_profile_parser, flops_sweep, main, profile_methods
+from aptune.commands.profile import add_profile_parser, flops_sweep, main, profile_methods
 
 D, DEPTH, C, N, P = 64, 2, 4, 8, 2  # tiny ViT: 4 frames x 32 px -> 8 tokens; 2 prompts
 TINY = dict(model_name="vit_nano", num_frames=4, input_size=32, batch_size=2, num_classes=C)
@@ -66,7 +66,9 @@ def test_cli_runs_each_method_in_its_own_process_and_writes_files(tmp_path):
     data = json.loads((out / "profile.json").read_text())
     assert [r["method"] for r in data["rows"]] == ["prompt", "lora"]
     assert data["settings"]["options"] == {"prompt_num_tokens": 3, "vpt_num_tokens": 3}
-    assert data["settings"]["command"].startswith("python -m aptune.profile --model vit_nano")
+    assert data["settings"]["command"].startswith(
+        "python -m aptune.commands.profile --model vit_nano"
+    )
     md = (out / "profile.md").read_text()
     assert "| prompt | " in md and "| lora | " in md and "| 3 | " in md
     assert (out / "profile.png").read_bytes()[:4] == b"\x89PNG"

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from aptune.distributed import DistInfo, all_reduce_mean
-from aptune.metrics import ViewRecords
-from aptune.optim import apply_schedules, clip_gradients
+from aptune.engine.distributed import DistInfo, all_reduce_mean, unwrap
+from aptune.engine.metrics import ViewRecords
+from aptune.engine.optim import apply_schedules, clip_gradients
 
 
 class NonFiniteLossError(RuntimeError):
@@ -187,12 +187,8 @@ def _optimizer_step(ts: TrainStep) -> float | None:
         ts.optimizer.step()
     ts.optimizer.zero_grad(set_to_none=True)
     if ts.ema is not None:
-        ts.ema.update(_unwrap(ts.model))
+        ts.ema.update(unwrap(ts.model))
     return norm
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
 
 
 @torch.no_grad()

@@ -6,6 +6,8 @@ averaged, exactly as in evaluation, so a prediction matches what ``aptune eval``
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -14,9 +16,9 @@ from torch.utils.data import DataLoader
 from aptune.data import VideoClipDataset, collate_clips
 from aptune.data.errors import DataError
 from aptune.data.lists import VideoEntry, read_class_names
-from aptune.distributed import DistInfo
-from aptune.runner import load_trained_model
-from aptune.training import data_config
+from aptune.engine.builders import data_config
+from aptune.engine.distributed import DistInfo
+from aptune.engine.run import load_trained_model
 
 
 def predict_videos(run: Path, videos: list[str], which: str = "best", topk: int = 5) -> list[dict]:
@@ -62,3 +64,25 @@ def _class_names(run: Path, n: int) -> list[str]:
         if names and len(names) == n:
             return names
     return [str(i) for i in range(n)]
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    results = predict_videos(Path(args.run), args.videos, args.which, args.topk)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for item in results:
+        print(item["path"])
+        for rank, (idx, name, prob) in enumerate(item["topk"], 1):
+            print(f"  {rank}. {name:<30} {100 * prob:6.2f}%  (class {idx})")
+    return 0
+
+
+def add_predict_parser(subparsers) -> None:
+    pr = subparsers.add_parser("predict", help="top-k classes of new videos with a trained run")
+    pr.add_argument("videos", nargs="+", help="video files (.avi, .mp4, .webm, frame folders)")
+    pr.add_argument("--run", required=True, help="output_dir of an aptune train run")
+    pr.add_argument("--which", choices=["last", "best"], default="best")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.set_defaults(func=run_predict)

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 import aptune
-from aptune.checkpoint import (
+from aptune.engine.checkpoint import (
     ResumeError,
     capture_rng,
     find_latest_checkpoint,
@@ -22,8 +22,8 @@ from aptune.checkpoint import (
     save_model_weights,
     save_training_state,
 )
+from aptune.engine.optim import ModelEma, build_optimizer
 from aptune.models.checkpoint_io import CheckpointError
-from aptune.optim import ModelEma, build_optimizer
 
 CLIP = (2, 3, 4, 32, 32)  # (B, C, T, H, W)
 

@@ -37,9 +37,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from aptune.models.checkpoint_io import CheckpointError
-from aptune.optim import unwrap
-from aptune.weights import (
+from aptune.engine.distributed import unwrap
+from aptune.engine.weights import (
     FORMAT,
     MODEL_FILE,
     _first_line,
@@ -53,6 +52,7 @@ from aptune.weights import (
     model_tensors,
     save_model_weights,
 )
+from aptune.models.checkpoint_io import CheckpointError
 
 __all__ = [
     "FORMAT", "MODEL_FILE", "ResumeError", "capture_rng", "check_complete",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aptune.metrics import EvalResult
+from aptune.engine.metrics import EvalResult
 
 log = logging.getLogger("aptune")
 

@@ -19,8 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from aptune.engine.distributed import unwrap
 from aptune.models.checkpoint_io import CheckpointError
-from aptune.optim import unwrap
 
 FORMAT = "aptune"
 MODEL_FILE = "model.safetensors"

@@ -1,0 +1,36 @@
+"""``aptune info RUN``: a run's config, parameter report and final metrics."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from aptune.build import build_model
+from aptune.config import method_options
+from aptune.engine.run import load_run
+from aptune.tuning import parameter_report
+
+
+def run_info(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    cfg, ckpt = load_run(run, "last")
+    print(f"run: {run}\nlatest checkpoint: {ckpt}")
+    print(yaml.safe_dump({k: v for k, v in sorted(vars(cfg).items()) if k != "func"}))
+    model = build_model(
+        cfg.model, num_classes=cfg.nb_classes, transfer_type=cfg.transfer_type,
+        num_frames=cfg.num_frames, input_size=cfg.input_size, tubelet_size=cfg.tubelet_size,
+        **method_options(cfg),
+    )  # fmt: skip
+    print(parameter_report(model))
+    metrics = run / "metrics.json"
+    if metrics.is_file():
+        print("final metrics:", metrics.read_text())
+    return 0
+
+
+def add_info_parser(subparsers) -> None:
+    i = subparsers.add_parser("info", help="config, parameter report and metrics of a run")
+    i.add_argument("run")
+    i.set_defaults(func=run_info)

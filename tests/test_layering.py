@@ -1,0 +1,101 @@
+"""The package's imports point down only: commands -> engine -> build/config/tuning -> models, data.
+
+Walks every module of ``aptune`` with ``ast`` (function-level imports included, since lazy
+imports are still dependencies) and fails on an import that climbs a layer.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import aptune
+
+PACKAGE = Path(aptune.__file__).parent
+
+#: the rooms a module may import from, besides its own (the order is the layering)
+ALLOWED: dict[str, set[str]] = {
+    "models": set(),
+    "data": set(),
+    "tuning": {"models"},
+    "build": {"models", "tuning", "data"},
+    "config": {"models", "tuning", "data", "build"},
+    "engine": {"models", "tuning", "data", "build", "config"},
+    "pretrain": {"models", "tuning", "data", "build", "config", "engine"},
+    "commands": {"models", "tuning", "data", "build", "config", "engine", "pretrain"},
+    "cli": {"models", "tuning", "data", "build", "config", "engine", "pretrain", "commands"},
+}
+
+
+def room_of(module: str) -> str | None:
+    """``aptune.engine.loop`` -> ``engine``; the package root itself has no room."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path, name: str) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    is_pkg = path.name == "__init__.py"
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = name.split(".")
+                base = base if is_pkg else base[:-1]
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target == "aptune":  # ``from aptune import x``: x is the module
+                out += [(node.lineno, f"aptune.{a.name}") for a in node.names]
+            else:
+                out.append((node.lineno, target))
+    return [(line, m) for line, m in out if m == "aptune" or m.startswith("aptune.")]
+
+
+def all_modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_room_is_known():
+    rooms = {room_of(module_name(p)) for p in all_modules()} - {None, "__main__"}
+    assert rooms <= set(ALLOWED), f"rooms without a layer rule: {rooms - set(ALLOWED)}"
+
+
+@pytest.mark.parametrize("path", all_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_down(path: Path):
+    name = module_name(path)
+    room = room_of(name)
+    if room is None:  # aptune/__init__.py: the public face may re-export from any layer
+        return
+    bad = []
+    for line, target in imported_modules(path, name):
+        other = room_of(target)
+        if other is None or other == room:
+            continue
+        if other not in ALLOWED[room]:
+            bad.append(f"{path.name}:{line} imports {target} ({room} may not import {other})")
+    assert not bad, "\n".join(bad)
+
+
+def test_rule_catches_an_upward_import(tmp_path):
+    """The walker itself: a models module importing the engine is reported."""
+    fake = PACKAGE / "models" / "vit.py"
+    src = tmp_path / "vit.py"
+    src.write_text("from aptune.engine.loop import train_one_epoch\nfrom . import convert\n")
+    found = imported_modules(src, module_name(fake))
+    assert (1, "aptune.engine.loop") in found
+    assert (2, "aptune.models") in found
+    assert "engine" not in ALLOWED["models"]
