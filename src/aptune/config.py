@@ -276,6 +276,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dist_on_itp", action="store_true", help="accepted for compatibility")
     g.add_argument("--dist_url", default="env://", help="accepted; env:// is used")
     g.add_argument(
+        "--dist_timeout",
+        type=float,
+        default=300.0,
+        help="seconds a rank waits for the others (process-group setup, collectives) before "
+        "it stops with one line naming what it waited for",
+    )
+    g.add_argument(
         "--enable_deepspeed",
         action="store_true",
         help="accepted: the built-in engine runs instead of DeepSpeed (logged)",
@@ -360,6 +367,8 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError(f"--save_ckpt_freq must be >= 1, got {args.save_ckpt_freq}")
     if args.save_ckpt_steps < 0:
         raise ConfigError(f"--save_ckpt_steps must be >= 0, got {args.save_ckpt_steps}")
+    if args.dist_timeout <= 0:
+        raise ConfigError(f"--dist_timeout must be > 0 seconds, got {args.dist_timeout}")
     if args.keep_ckpts < 1:
         raise ConfigError(f"--keep_ckpts must be >= 1, got {args.keep_ckpts}")
     return args
