@@ -12,42 +12,21 @@ without renaming. Tuning methods attach to three hooks instead of forking the cl
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aptune.models.layers import DropPath, init_weights, sinusoid_table
+
 AttnImpl = Literal["sdpa", "plain"]
 LN_EPS = 1e-6
-
-
-def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
-    """Fixed 1-D sinusoid table of VideoMAE: (1, N, D), computed in float64 like the reference."""
-    pos = torch.arange(num_positions, dtype=torch.float64)[:, None]  # (N, 1)
-    j = torch.arange(dim, dtype=torch.float64)[None, :]  # (1, D)
-    angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)
-    table = torch.where(j.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
-    return table.float().unsqueeze(0)  # (1, N, D)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample; identity when ``p == 0`` or in eval mode."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+#: VideoMAE V2's cap on the cosine-attention logit scale: exp(scale) <= 100.
+LOGIT_SCALE_MAX = math.log(100.0)
 
 
 class PatchEmbed(nn.Module):
@@ -80,16 +59,31 @@ class Attention(nn.Module):
     ``extra_kv = (k_extra, v_extra)`` of shape (M, d) (shared across heads, as APT's prompts)
     or (B, h, M, d) is appended after the data keys/values; queries stay the N data tokens,
     so the output keeps N tokens.
+
+    ``cos_attn`` is VideoMAE V2's cosine attention: q and k are L2-normalised over the head
+    dimension (the extra keys too, after the concatenation) and the logits are multiplied
+    by ``exp(min(scale, ln 100))`` with a learnable per-head ``scale`` of shape (h, 1, 1)
+    instead of ``d ** -0.5``.
     """
 
     def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_impl: AttnImpl = "sdpa"
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_impl: AttnImpl = "sdpa",
+        cos_attn: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.scale = self.head_dim**-0.5
+        self.cos_attn = cos_attn
+        self.scale: Any
+        if cos_attn:  # V2's init: ln(10) per head; the name "scale" is what its files use
+            self.scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        else:
+            self.scale = self.head_dim**-0.5
         self.attn_impl: AttnImpl = attn_impl
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         if qkv_bias:
@@ -117,10 +111,16 @@ class Attention(nn.Module):
             shape = (B, self.num_heads, k_extra.shape[-2], self.head_dim)
             k = torch.cat((k, k_extra.to(k.dtype).expand(shape)), dim=2)  # (B, h, N+M, d)
             v = torch.cat((v, v_extra.to(v.dtype).expand(shape)), dim=2)
+        scale = None  # SDPA's default: d ** -0.5
+        if self.cos_attn:  # the logit scale goes into q, so both paths stay one matmul
+            logit_scale = self.scale.clamp(max=LOGIT_SCALE_MAX).exp().to(q.dtype)  # (h, 1, 1)
+            q = F.normalize(q, dim=-1) * logit_scale  # (B, h, N, d)
+            k = F.normalize(k, dim=-1)  # (B, h, N+M, d): prompt keys normalised too
+            scale = 1.0
         if self.attn_impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, N, d)
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N+M)
+            attn = (q * (scale or self.scale)) @ k.transpose(-2, -1)  # (B, h, N, N+M)
             out = attn.softmax(dim=-1) @ v  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(B, N, D)
         return self.proj(out)
@@ -150,10 +150,11 @@ class Block(nn.Module):
         init_values: float | None = None,
         attn_impl: AttnImpl = "sdpa",
         norm_eps: float = LN_EPS,
+        cos_attn: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_impl=attn_impl)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_impl, cos_attn)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -198,12 +199,13 @@ class VisionTransformer(nn.Module):
         tubelet_size: int = 2,
         attn_impl: AttnImpl = "sdpa",
         norm_eps: float = LN_EPS,
+        cos_attn: bool = False,
     ) -> None:
         super().__init__()
         if attn_impl not in ("sdpa", "plain"):
             raise ValueError(f"attn_impl must be 'sdpa' or 'plain', got {attn_impl!r}")
         self.num_classes, self.embed_dim, self.depth = num_classes, embed_dim, depth
-        self.num_heads, self.init_scale = num_heads, init_scale
+        self.num_heads, self.init_scale, self.cos_attn = num_heads, init_scale, cos_attn
         self.num_frames, self.img_size, self.tubelet_size = num_frames, img_size, tubelet_size
         self.patch_embed = PatchEmbed(
             img_size, patch_size, in_chans, embed_dim, num_frames, tubelet_size
@@ -222,7 +224,8 @@ class VisionTransformer(nn.Module):
                 init_values,
                 attn_impl,
                 norm_eps,
-            )
+                cos_attn,
+            )  # fmt: skip
             for i in range(depth)
         )
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
@@ -244,6 +247,10 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"attn_impl must be 'sdpa' or 'plain', got {impl!r}")
         for blk in self.blocks:
             blk.attn.attn_impl = impl
+
+    def no_weight_decay(self) -> set[str]:
+        """V2's cosine-attention logit scales (its optimiser skips them by the name "scale")."""
+        return {n for n, _ in self.named_parameters() if n.endswith("attn.scale")}
 
     def reset_head(self, num_classes: int) -> None:
         """New head with the reference init: trunc-normal(0.02), then scaled by init_scale."""
@@ -309,28 +316,9 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def init_weights(m: nn.Module, linear_init: Callable[[torch.Tensor], object] | None = None) -> None:
-    """VideoMAE's init: linears trunc-normal(0.02) (or ``linear_init``, e.g. the xavier of
-    pre-training), LayerNorms to identity, the tubelet conv as a linear (xavier-uniform)."""
-    if isinstance(m, nn.Linear):
-        if linear_init is None:
-            nn.init.trunc_normal_(m.weight, std=0.02)
-        else:
-            linear_init(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv3d):
-        w = m.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
 # -- named sizes --------------------------------------------------------------------------
-#: name -> (embed_dim, depth, num_heads); patch 16, MLP ratio 4 for all.
+#: name -> (embed_dim, depth, num_heads); the patch size is in the name, MLP ratio 4 unless
+#: MLP_RATIOS says otherwise (VideoMAE V2's giant: hidden 6144 = 1408 * 48 / 11).
 MODEL_SIZES: dict[str, tuple[int, int, int]] = {
     "vit_nano_patch16_224": (64, 2, 2),
     "vit_micro_patch16_224": (128, 4, 4),
@@ -339,7 +327,23 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
     "vit_base_patch16_224": (768, 12, 12),
     "vit_large_patch16_224": (1024, 24, 16),
     "vit_huge_patch16_224": (1280, 32, 16),
+    "vit_giant_patch14_224": (1408, 40, 16),
 }
+MLP_RATIOS: dict[str, float] = {"vit_giant_patch14_224": 48 / 11}
+
+
+def model_spec(name: str) -> dict[str, Any]:
+    """Constructor keywords of a named size; ``vit_base`` is short for ``vit_base_patch16_224``."""
+    short = [k for k in MODEL_SIZES if k.startswith(name + "_patch")]
+    key = name if name in MODEL_SIZES else (short or [""])[0]
+    if key not in MODEL_SIZES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_SIZES)}")
+    dim, depth, heads = MODEL_SIZES[key]
+    patch = int(re.search(r"_patch(\d+)", key).group(1))  # type: ignore[union-attr]
+    return dict(
+        embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch,
+        mlp_ratio=MLP_RATIOS.get(key, 4.0),
+    )  # fmt: skip
 
 
 def create_vit(
@@ -353,15 +357,11 @@ def create_vit(
     init_scale: float = 0.001,
     init_values: float | None = None,
     attn_impl: AttnImpl = "sdpa",
-    **overrides: object,
+    **overrides: Any,
 ) -> VisionTransformer:
-    """Build a named VideoMAE ViT; ``overrides`` may change embed_dim, depth, num_heads."""
-    key = name if name in MODEL_SIZES else f"{name}_patch16_224"
-    if key not in MODEL_SIZES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_SIZES)}")
-    dim, depth, heads = MODEL_SIZES[key]
-    kw: dict = dict(embed_dim=dim, depth=depth, num_heads=heads)
-    kw.update(overrides)
+    """Build a named VideoMAE ViT; ``overrides`` may change any constructor argument
+    (embed_dim, depth, num_heads, mlp_ratio, patch_size, cos_attn, norm_eps ...)."""
+    kw = {**model_spec(name), **overrides}
     return VisionTransformer(
         img_size=img_size,
         num_classes=num_classes,
@@ -377,10 +377,10 @@ def create_vit(
 
 
 def _named(name: str) -> Callable[..., VisionTransformer]:
-    def constructor(**kwargs: object) -> VisionTransformer:
+    def constructor(**kwargs: Any) -> VisionTransformer:
         if "input_size" in kwargs:  # the reference flag's name
             kwargs["img_size"] = kwargs.pop("input_size")
-        return create_vit(name, **kwargs)  # type: ignore[arg-type]
+        return create_vit(name, **kwargs)
 
     constructor.__name__ = name
     constructor.__doc__ = f"VideoMAE {name}: D, depth, heads = {MODEL_SIZES[name]}."
@@ -394,5 +394,9 @@ vit_small_patch16_224 = _named("vit_small_patch16_224")
 vit_base_patch16_224 = _named("vit_base_patch16_224")
 vit_large_patch16_224 = _named("vit_large_patch16_224")
 vit_huge_patch16_224 = _named("vit_huge_patch16_224")
+vit_giant_patch14_224 = _named("vit_giant_patch14_224")  # VideoMAE V2
 
-__all__ = ["Attention", "Block", "VisionTransformer", "MODEL_SIZES", "create_vit"]
+__all__ = [
+    "Attention", "Block", "VisionTransformer", "MODEL_SIZES", "MLP_RATIOS", "create_vit",
+    "model_spec", "sinusoid_table", "init_weights", "DropPath",
+]  # fmt: skip
