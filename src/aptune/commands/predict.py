@@ -2,6 +2,8 @@
 
 Each video is seen through the run's test views (segments x crops) and the softmax is
 averaged, exactly as in evaluation, so a prediction matches what ``aptune eval`` scores.
+With ``--timeline`` the run's clip slides over the whole video instead (``timeline.py``)
+and each video gets a CSV, a JSON and a plot of its classes over time.
 """
 
 from __future__ import annotations
@@ -12,39 +14,76 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from aptune.data import VideoClipDataset, collate_clips
+from aptune.data import VideoClipDataset, collate_clips, open_video
 from aptune.data.errors import DataError
-from aptune.data.lists import VideoEntry, read_class_names
-from aptune.engine.builders import data_config
-from aptune.engine.distributed import DistInfo
-from aptune.engine.run import load_trained_model
+from aptune.data.lists import VideoEntry
+from aptune.engine.loop import Precision
+from aptune.engine.trained import TrainedRun, open_run
+
+from .timeline import (
+    WindowStream,
+    plan_windows,
+    segments,
+    timeline_rows,
+    window_probs,
+    write_timeline,
+)
 
 
-def predict_videos(run: Path, videos: list[str], which: str = "best", topk: int = 5) -> list[dict]:
+def check_videos(videos: list[str]) -> None:
     missing = [v for v in videos if not Path(v).exists()]
     if missing:
         raise DataError(f"{missing[0]}: no such video file or frame folder")
-    info = DistInfo(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if which == "best" and not (run / "checkpoint-best" / "model.safetensors").is_file():
-        which = "last"  # runs without validation have no best checkpoint
-    args, model = load_trained_model(run, which, info)
-    names = _class_names(run, args.nb_classes)
+
+
+def precision_for(trained: TrainedRun, bf16: bool) -> Precision:
+    return Precision("bf16" if bf16 else "fp32", trained.device.type)
+
+
+def view_probs(
+    trained: TrainedRun,
+    videos: list[str],
+    batch_size: int | None = None,
+    precision: Precision | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """(N, C) mean softmax over the run's test views of each video (eval's rule)."""
+    args = trained.args
     entries = [VideoEntry(str(Path(v).resolve()), 0, i + 1) for i, v in enumerate(videos)]
-    ds = VideoClipDataset("test", data_config(args), entries, names, source="predict")
-    loader = DataLoader(ds, batch_size=args.batch_size_val, collate_fn=collate_clips)
+    ds = VideoClipDataset("test", trained.data, entries, trained.class_names, source="predict")
+    loader = DataLoader(ds, batch_size=batch_size or args.batch_size_val, collate_fn=collate_clips)
+    precision = precision or Precision("fp32", trained.device.type)
     sums = torch.zeros(len(videos), args.nb_classes)
     counts = torch.zeros(len(videos))
     with torch.no_grad():
-        for batch in loader:
-            probs = torch.softmax(model(batch.clips.to(info.device)).float(), dim=-1).cpu()
+        for batch in tqdm(loader, desc="predict", leave=False, disable=None if progress else True):
+            with precision.autocast():
+                logits = trained.model(batch.clips.to(trained.device))
+            probs = torch.softmax(logits.float(), dim=-1).cpu()
             sums.index_add_(0, batch.video_index, probs)
             counts.index_add_(0, batch.video_index, torch.ones(len(batch)))
-    probs = sums / counts[:, None]
-    k = min(topk, args.nb_classes)
-    out = []
+    return sums / counts[:, None]
+
+
+def predict_videos(
+    run: Path,
+    videos: list[str],
+    which: str = "best",
+    topk: int = 5,
+    overrides: dict | None = None,
+    bf16: bool = False,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Top-k of each video: ``{"path", "topk": [(class, name, prob), ...]}``."""
+    check_videos(videos)
+    trained = open_run(run, which, overrides=overrides)
+    probs = view_probs(trained, videos, batch_size, precision_for(trained, bf16), progress)
+    names, out = trained.class_names, []
     for path, p in zip(videos, probs):
-        top = torch.topk(p, k)
+        top = torch.topk(p, min(topk, len(names)))
         out.append(
             {
                 "path": path,
@@ -57,17 +96,80 @@ def predict_videos(run: Path, videos: list[str], which: str = "best", topk: int 
     return out
 
 
-def _class_names(run: Path, n: int) -> list[str]:
-    path = run / "classes.txt"
-    if path.is_file():
-        names = read_class_names(path)
-        if names and len(names) == n:
-            return names
-    return [str(i) for i in range(n)]
+def predict_timeline(
+    trained: TrainedRun,
+    video: str,
+    stride_s: float = 1.0,
+    topk: int = 5,
+    batch_size: int | None = None,
+    bf16: bool = False,
+    progress: bool = True,
+) -> tuple[list[dict], object, dict]:
+    """-> (rows: one per window with start_s, end_s, topk; probabilities (W, C); metadata)."""
+    args = trained.args
+    with open_video(video, trained.data.backend) as reader:
+        windows = plan_windows(
+            reader.num_frames, reader.fps, args.num_frames, args.sampling_rate, stride_s
+        )
+        stream = WindowStream(reader, windows)
+        wp = window_probs(
+            trained,
+            stream,
+            batch_size or args.batch_size_val,
+            precision_for(trained, bf16),
+            progress,
+            Path(video).name,
+        )
+        rows, probs = timeline_rows(wp, trained.class_names, topk)
+        meta = {
+            "fps": reader.fps,
+            "num_video_frames": reader.num_frames,
+            "stride_s": stride_s,
+            "clip_frames": args.num_frames,
+            "sampling_rate": args.sampling_rate,
+            "crops": args.test_num_crop,
+            "classes": trained.class_names,
+            "max_buffered_frames": stream.max_buffered,
+        }
+    return rows, probs, meta
+
+
+def run_timelines(args: argparse.Namespace) -> int:
+    check_videos(args.videos)
+    trained = open_run(args.run, args.which)
+    out = Path(args.out or ".")
+    stride = 1.0 if args.stride is None else args.stride
+    for video in args.videos:
+        rows, probs, meta = predict_timeline(
+            trained, video, stride, args.topk, args.batch_size, args.bf16, not args.no_progress
+        )
+        paths = write_timeline(video, rows, probs, trained.class_names, out, meta)
+        print(
+            f"{video}: {len(rows)} windows of {meta['clip_frames']} frames x rate "
+            f"{meta['sampling_rate']}, every {stride:g} s -> {paths['csv']}"
+        )
+        for seg in segments(rows):
+            print(
+                f"  {seg['start_s']:8.2f}s - {seg['end_s']:8.2f}s  {seg['name']:<30} "
+                f"{100 * seg['mean_prob']:6.2f}%  ({seg['windows']} windows)"
+            )
+    return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    results = predict_videos(Path(args.run), args.videos, args.which, args.topk)
+    if args.timeline:
+        return run_timelines(args)
+    if args.out or args.stride is not None:
+        raise DataError("--out and --stride go with --timeline: add --timeline")
+    results = predict_videos(
+        Path(args.run),
+        args.videos,
+        args.which,
+        args.topk,
+        bf16=args.bf16,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -85,4 +187,25 @@ def add_predict_parser(subparsers) -> None:
     pr.add_argument("--which", choices=["last", "best"], default="best")
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.add_argument(
+        "--timeline",
+        action="store_true",
+        help="slide the run's clip over each whole video; write "
+        "<stem>.timeline.csv/.json/.png and print the segments",
+    )
+    pr.add_argument(
+        "--stride",
+        type=float,
+        default=None,
+        help="--timeline: seconds between window starts (default 1.0)",
+    )
+    pr.add_argument("--out", default=None, help="--timeline: output folder (default: .)")
+    pr.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="clips per forward pass (default: the run's batch_size_val)",
+    )
+    pr.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast")
+    pr.add_argument("--no_progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=run_predict)

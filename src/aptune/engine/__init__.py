@@ -3,24 +3,29 @@
 ``loop`` runs one epoch or one evaluation pass, ``builders`` turns flags into data loaders,
 model and optimiser, ``run`` drives whole train / eval jobs with resume; ``checkpoint`` and
 ``weights`` write and read run state, ``optim``, ``mixup``, ``metrics``, ``reports`` and
-``distributed`` are the parts the loop uses. Imports point down only: the engine uses
-build/config/tuning/models/data and never a command or the CLI.
+``distributed`` are the parts the loop uses. ``trained`` turns a finished run folder back
+into a model (``aptune.load_run``) and ``report_html`` writes its ``report.html``. Imports
+point down only: the engine uses build/config/tuning/models/data and never a command or
+the CLI.
 """
 
 from aptune.engine.checkpoint import ResumeError
 from aptune.engine.distributed import DistInfo, unwrap
 from aptune.engine.loop import NonFiniteLossError, Precision, predict_views, train_one_epoch
 from aptune.engine.run import evaluate_args, evaluate_run, load_run, load_trained_model, train
+from aptune.engine.trained import TrainedRun, open_run
 
 __all__ = [
     "DistInfo",
     "NonFiniteLossError",
     "Precision",
     "ResumeError",
+    "TrainedRun",
     "evaluate_args",
     "evaluate_run",
     "load_run",
     "load_trained_model",
+    "open_run",
     "predict_views",
     "train",
     "train_one_epoch",
