@@ -1,0 +1,308 @@
+"""``aptune extract``: the features a trained run computes for each video, as safetensors.
+
+``features`` (N, D) is the head's input (the output of ``fc_norm``) averaged over the run's
+test views, so ``head(features)`` is the mean of the views' logits; ``probs`` (N, C) is the
+mean of the views' softmax, i.e. exactly what ``aptune predict`` reports (the two agree
+exactly with one test view, and in their top-1 in practice otherwise). ``--tokens`` adds
+``tokens`` (N, t, h, w, D): the last block's token grid, averaged over the views.
+
+Long lists are processed in chunks written to ``OUT.parts/`` as they finish; a rerun with
+the same list resumes after the last finished chunk. An unreadable video is named, counted
+and listed in the metadata's ``failed``; it is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from aptune.data import VideoClipDataset, VideoDecodeError
+from aptune.data.errors import DataError
+from aptune.data.lists import VideoEntry
+from aptune.engine.loop import Precision
+from aptune.engine.trained import TrainedRun, open_run
+
+log = logging.getLogger("aptune")
+
+
+class VideoViews(Dataset):
+    """Item ``i``: ``(i, views (V, 3, T, S, S), None)`` or ``(i, None, reason)`` if unreadable."""
+
+    def __init__(self, ds: VideoClipDataset) -> None:
+        self.ds, self.views = ds, ds.views_per_video
+
+    def __len__(self) -> int:
+        return len(self.ds.entries)
+
+    def __getitem__(self, i: int):
+        try:
+            clips = [self.ds[i * self.views + v].clips[0] for v in range(self.views)]
+        except VideoDecodeError as exc:
+            return i, None, str(exc)
+        return i, torch.stack(clips), None
+
+
+def read_list(path: str) -> list[str]:
+    """One video per line; a trailing class label (``path label``, aptune's lists) is ignored."""
+    src = Path(path)
+    if not src.is_file():
+        raise DataError(f"--list {path}: file not found")
+    videos = []
+    for line in src.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        head, _, tail = line.rpartition(" ")
+        labelled = head and tail.lstrip("-").isdigit() and not Path(line).exists()
+        videos.append(head.strip() if labelled else line)
+    if not videos:
+        raise DataError(f"--list {path}: no videos listed")
+    return videos
+
+
+def model_from_flags(model: str, finetune: str, flags: str, device: torch.device) -> TrainedRun:
+    """``--model NAME --finetune CKPT [--flags "..."]``: a model that is not an aptune run."""
+    from aptune.config import build_train_parser, finalize
+    from aptune.engine.builders import build_run_model
+    from aptune.engine.distributed import DistInfo
+
+    argv = ["--model", model, "--finetune", finetune, *shlex.split(flags or "")]
+    args = finalize(build_train_parser().parse_args(argv))
+    net = build_run_model(args, DistInfo(device=device)).eval()
+    return TrainedRun(args, net, [str(i) for i in range(args.nb_classes)], "finetune", device)
+
+
+class Extractor:
+    """Features (and probabilities, tokens) of batches of videos' test views."""
+
+    def __init__(self, trained: TrainedRun, tokens: bool, precision: Precision) -> None:
+        self.trained, self.want_tokens, self.precision = trained, tokens, precision
+        self._last: torch.Tensor | None = None
+        self._hook = trained.model.blocks[-1].register_forward_hook(self._keep) if tokens else None
+
+    def close(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+
+    def _keep(self, module, inputs, output) -> None:
+        self._last = output
+
+    def __call__(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        """views (B, V, 3, T, S, S) -> features (B, D), probs (B, C)[, tokens (B, t, h, w, D)]."""
+        model = self.trained.model
+        b, v = views.shape[:2]
+        with torch.no_grad(), self.precision.autocast():
+            feats = model.forward_features(views.flatten(0, 1).to(self.trained.device))
+            logits = model.forward_head(feats)  # (B*V, C)
+        out = {
+            "features": feats.float().view(b, v, -1).mean(dim=1).cpu(),
+            "probs": torch.softmax(logits.float(), dim=-1).view(b, v, -1).mean(dim=1).cpu(),
+        }
+        if self.want_tokens:
+            x = self._last
+            if model.seq_prompts is not None:
+                x = model.seq_prompts.drop(x)  # (B*V, N, D): data tokens only
+            grid = model.patch_embed.grid  # (t, h, w)
+            x = x.float().view(b, v, *grid, x.shape[-1])  # (B, V, t, h, w, D)
+            out["tokens"] = x.mean(dim=1).cpu()
+        return out
+
+
+def _fingerprint(videos: list[str], tokens: bool, source: str) -> str:
+    text = json.dumps({"videos": videos, "tokens": tokens, "source": source})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _write_atomic(tensors: dict, meta: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def _run_chunk(
+    extract: Extractor, ds: VideoClipDataset, batch_videos: int, workers: int, progress
+) -> tuple[dict, list[tuple[str, str]]]:
+    """All videos of `ds`: (tensors with an ``index`` row per kept video, failed videos)."""
+    loader = DataLoader(
+        VideoViews(ds), batch_size=batch_videos, num_workers=workers, collate_fn=list
+    )
+    parts: dict[str, list[torch.Tensor]] = {}
+    failed: list[tuple[str, str]] = []
+    for items in loader:
+        good = [(i, views) for i, views, _ in items if views is not None]
+        for i, _, reason in items:
+            if reason is not None:
+                failed.append((ds.entries[i].path, reason))
+                log.warning("unreadable video %s: %s", ds.entries[i].path, reason)
+        if good:
+            out = extract(torch.stack([views for _, views in good]))
+            out["index"] = torch.tensor([i for i, _ in good], dtype=torch.int64)
+            for k, t in out.items():
+                parts.setdefault(k, []).append(t)
+        progress.update(len(items))
+    return {k: torch.cat(v) for k, v in parts.items()}, failed
+
+
+def extract_features(
+    trained: TrainedRun,
+    videos: list[str],
+    out: Path,
+    tokens: bool = False,
+    batch_size: int | None = None,
+    chunk: int = 256,
+    num_workers: int = 0,
+    bf16: bool = False,
+    progress: bool = True,
+    source: str = "",
+) -> tuple[int, list[tuple[str, str]]]:
+    """Write ``out``; -> (videos written, [(path, reason) of unreadable videos])."""
+    if chunk < 1:
+        raise DataError(f"--chunk must be >= 1, got {chunk}")
+    missing = [v for v in videos if not Path(v).exists()]
+    if missing:
+        raise DataError(
+            f"{missing[0]}: no such video file or frame folder "
+            f"({len(missing)} of {len(videos)} listed are missing)"
+        )
+    parts_dir = out.with_name(out.name + ".parts")
+    stamp = _fingerprint(videos, tokens, source)
+    manifest = parts_dir / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") != stamp:
+        raise DataError(
+            f"{parts_dir}: left by an extraction of another list or run; delete it to start over"
+        )
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"fingerprint": stamp, "videos": len(videos)}))
+    precision = Precision("bf16" if bf16 else "fp32", trained.device.type)
+    extract = Extractor(trained, tokens, precision)
+    views = trained.views_per_video
+    batch_videos = max(1, (batch_size or trained.args.batch_size_val) // views)
+    bar = tqdm(total=len(videos), desc="extract", unit="video", disable=None if progress else True)
+    for n, lo in enumerate(range(0, len(videos), chunk)):
+        part = parts_dir / f"part-{n:06d}.safetensors"
+        if part.is_file():
+            bar.update(min(chunk, len(videos) - lo))
+            continue
+        entries = [
+            VideoEntry(str(Path(v).resolve()), 0, lo + i + 1)
+            for i, v in enumerate(videos[lo : lo + chunk])
+        ]
+        ds = VideoClipDataset("test", trained.data, entries, trained.class_names, "extract")
+        tensors, failed = _run_chunk(extract, ds, batch_videos, num_workers, bar)
+        if "index" in tensors:
+            tensors["index"] += lo
+        _write_atomic(tensors, {"failed": json.dumps([[p, r] for p, r in failed])}, part)
+    bar.close()
+    extract.close()
+    return _merge_parts(parts_dir, videos, out, trained, tokens)
+
+
+def _merge_parts(
+    parts_dir: Path, videos: list[str], out: Path, trained: TrainedRun, tokens: bool
+) -> tuple[int, list[tuple[str, str]]]:
+    merged: dict[str, list[torch.Tensor]] = {}
+    failed: list[tuple[str, str]] = []
+    for part in sorted(parts_dir.glob("part-*.safetensors")):
+        with safe_open(str(part), framework="pt") as f:
+            failed += [tuple(x) for x in json.loads(f.metadata().get("failed", "[]"))]
+            for k in f.keys():
+                merged.setdefault(k, []).append(f.get_tensor(k))
+    tensors = {k: torch.cat(v) for k, v in merged.items()}
+    index = tensors.pop("index", torch.zeros(0, dtype=torch.int64))
+    if not len(index):
+        raise DataError(f"no video could be read ({len(failed)} unreadable); nothing written")
+    args = trained.args
+    meta = {
+        "paths": json.dumps([videos[int(i)] for i in index]),
+        "failed": json.dumps(failed),
+        "class_names": json.dumps(trained.class_names),
+        "features": "fc_norm output (the head's input), mean over the test views",
+        "probs": "mean softmax over the test views (aptune predict's probabilities)",
+        "views": f"{args.test_num_segment} segments x {args.test_num_crop} crops",
+        "model": str(args.model),
+        "transfer_type": str(args.transfer_type),
+        "which": trained.which,
+    }
+    if tokens:
+        meta["tokens"] = "last block's tokens (N, t, h, w, D), mean over the test views"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(tensors, meta, out)
+    shutil.rmtree(parts_dir)
+    return len(index), failed
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    videos = list(args.videos) + (read_list(args.list) if args.list else [])
+    if not videos:
+        raise DataError("no videos: give video files or --list FILE")
+    if bool(args.run) == bool(args.model):
+        raise DataError("give either --run RUN or --model NAME --finetune CKPT")
+    if args.run:
+        trained = open_run(args.run, args.which)
+        source = f"{Path(args.run).resolve()}:{trained.which}"
+    else:
+        if not args.finetune:
+            raise DataError("--model needs --finetune CKPT (the weights to extract with)")
+        from aptune.engine.trained import default_device
+
+        trained = model_from_flags(args.model, args.finetune, args.flags, default_device())
+        source = f"{args.model}:{Path(args.finetune).resolve()}:{args.flags}"
+    out = Path(args.out)
+    n, failed = extract_features(
+        trained,
+        videos,
+        out,
+        args.tokens,
+        args.batch_size,
+        args.chunk,
+        args.num_workers,
+        args.bf16,
+        not args.no_progress,
+        source,
+    )
+    print(f"{out}: features of {n} video(s), shape ({n}, {trained.model.embed_dim})")
+    if failed:
+        print(
+            f"aptune: {len(failed)} of {len(videos)} video(s) unreadable, not in {out} "
+            "(listed in its metadata 'failed'):",
+            file=sys.stderr,
+        )
+        for path, reason in failed[:20]:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_extract_parser(subparsers) -> None:
+    ex = subparsers.add_parser("extract", help="features of videos (head input) as safetensors")
+    ex.add_argument("videos", nargs="*", help="video files or frame folders")
+    ex.add_argument("--list", default=None, help="file with one video per line")
+    ex.add_argument("--run", default=None, help="output_dir of an aptune train run")
+    ex.add_argument("--which", choices=["last", "best"], default="best")
+    ex.add_argument("--model", default=None, help="instead of --run: a model name (vit_base...)")
+    ex.add_argument("--finetune", default=None, help="with --model: the checkpoint to load")
+    ex.add_argument(
+        "--flags",
+        default="",
+        help='with --model: more train flags, e.g. "--nb_classes 174 --data_set SSV2"',
+    )
+    ex.add_argument("--out", required=True, help="output .safetensors file")
+    ex.add_argument("--tokens", action="store_true", help="also store the last block's tokens")
+    ex.add_argument("--batch_size", type=int, default=None, help="views per forward pass")
+    ex.add_argument("--chunk", type=int, default=256, help="videos per resumable part")
+    ex.add_argument("--num_workers", type=int, default=0, help="decoding processes")
+    ex.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast")
+    ex.add_argument("--no_progress", action="store_true", help="no progress bar")
+    ex.set_defaults(func=run_extract)
