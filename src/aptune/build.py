@@ -36,6 +36,7 @@ def build_model(
     checkpoint: str | Path | None = None,
     model_key: str = "model|module",
     attn_impl: AttnImpl = "sdpa",
+    cos_attn: bool | None = None,
     verbose: bool = False,
     finetune: str | Path | None = None,
     **method_options: Any,
@@ -44,9 +45,12 @@ def build_model(
 
     ``checkpoint`` (or the reference's name ``finetune``) may be a VideoMAE pre-trained or
     fine-tuned ``.pth``, a reference APT checkpoint, a DeepSpeed folder, a Hugging Face
-    VideoMAE folder or an aptune ``.safetensors`` file. For a Hugging Face folder the
-    architecture (width, depth, heads, norm eps, tubelet) comes from its ``config.json``;
-    ``num_frames``/``input_size`` default to the checkpoint's and otherwise to 16/224.
+    VideoMAE folder or Hub id (``ORG/NAME``, ``ORG/NAME@REVISION``, ``hf://ORG/NAME``; a
+    local path of the same name wins) or an aptune ``.safetensors`` file. For a Hugging Face
+    folder the architecture (width, depth, heads, patch, norm eps, tubelet) comes from its
+    ``config.json``; ``num_frames``/``input_size`` default to the checkpoint's and
+    otherwise to 16/224. ``cos_attn`` (VideoMAE V2's cosine attention): ``None`` turns it
+    on when the checkpoint has ``attn.scale`` keys.
     Extra keyword options go to the methods by their flag names (``lora_rank=8`` ...).
     Returns the model in train mode with ``requires_grad`` set for the method.
     """
@@ -64,18 +68,35 @@ def build_model(
         **method_options,
     )
     configs = parse_transfer_type(transfer_type, options)
+    random_init = any(c.name == "random" for c in configs)
+    if checkpoint is not None and random_init:
+        log.warning(
+            "transfer_type random trains from random initialisation: ignoring checkpoint %s",
+            checkpoint,
+        )
+    raw: dict | None = None
+    info: dict[str, Any] = {}
     arch: dict[str, Any] = {}
     if checkpoint is not None:
-        from aptune.models.hf_config import is_hf_folder, read_hf_config
+        from aptune.models.checkpoint_io import read_checkpoint, resolve_checkpoint_path
+        from aptune.models.convert import uses_cos_attn
+        from aptune.models.hf_config import read_hf_config
 
-        if is_hf_folder(checkpoint):
-            hf = read_hf_config(checkpoint)
-            arch = {k: hf[k] for k in ("embed_dim", "depth", "num_heads", "mlp_ratio") if k in hf}
-            arch.update({k: hf[k] for k in ("norm_eps", "qkv_bias") if k in hf})
+        folder, kind = resolve_checkpoint_path(checkpoint)  # a Hub id -> its cached snapshot
+        if kind == "hf":
+            hf = read_hf_config(folder)
+            keys = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "in_chans")
+            arch = {k: hf[k] for k in (*keys, "norm_eps", "qkv_bias") if k in hf}
             num_frames = num_frames or hf.get("num_frames")
             input_size = input_size or hf.get("img_size")
             tubelet_size = tubelet_size or hf.get("tubelet_size")
             log.info("architecture of %s read from its config.json", checkpoint)
+        if not random_init:
+            raw, info = read_checkpoint(folder, model_key)
+            info["source"] = str(checkpoint)
+            if cos_attn is None and uses_cos_attn(raw):
+                cos_attn = True
+                log.info("%s has cosine attention (attn.scale): cos_attn on", checkpoint)
     net = create_vit(
         model or "vit_base_patch16_224",
         num_classes=num_classes,
@@ -86,27 +107,24 @@ def build_model(
         fc_drop_rate=fc_drop_rate,
         init_scale=init_scale,
         attn_impl=attn_impl,
+        cos_attn=bool(cos_attn),
         **arch,
     )
     attach_methods(net, configs)
-    if checkpoint is not None:
-        if any(c.name == "random" for c in configs):
-            log.warning(
-                "transfer_type random trains from random initialisation: ignoring checkpoint %s",
-                checkpoint,
-            )
-        else:
-            from aptune.models.convert import load_pretrained
+    if raw is not None:
+        from aptune.models.convert import load_state
 
-            load_report = load_pretrained(net, checkpoint, model_key=model_key)
-            log.info(
-                "loaded %s (%s)%s",
-                checkpoint,
-                load_report.format,
-                f"; head re-initialised for {num_classes} classes"
-                if load_report.head_reset
-                else "",
+        load_report = load_state(net, raw, info)
+        del raw  # a giant checkpoint is 4 GB: free it before training starts
+        head = ""
+        if load_report.head_reset and load_report.file_classes:
+            head = (
+                f"; the checkpoint's {load_report.file_classes}-class head re-initialised for "
+                f"{num_classes} classes (pass --nb_classes {load_report.file_classes} to keep it)"
             )
+        elif load_report.head_reset:
+            head = f"; head initialised for {num_classes} classes"
+        log.info("loaded %s (%s)%s", checkpoint, load_report.format, head)
     mark_trainable(net, configs)
     net.tuning_configs = configs  # type: ignore[attr-defined]
     net.train()

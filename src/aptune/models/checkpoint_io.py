@@ -95,7 +95,15 @@ def _highest_checkpoint(folder: Path) -> Path | None:
 
 
 def resolve_checkpoint_path(path: str | Path) -> tuple[Path, str]:
-    """Map a user path (file, DeepSpeed folder, output dir, HF folder) to (file, kind)."""
+    """Map a user path (file, DeepSpeed folder, output dir, HF folder, Hub id) to (file, kind).
+
+    A Hub id (``ORG/NAME[@REVISION]``, ``hf://ORG/NAME``) that is not a local path
+    resolves to its snapshot folder in the Hub cache (see ``models/hub.py``).
+    """
+    from aptune.models.hub import parse_hub_id, resolve_hub_checkpoint
+
+    if parse_hub_id(path) is not None:
+        return resolve_hub_checkpoint(path), "hf"
     p = Path(path).expanduser()
     if not p.exists():
         raise _fail(p, "no such file or folder; check the --finetune / checkpoint path")

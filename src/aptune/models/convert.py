@@ -19,20 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from aptune.models.checkpoint_io import CheckpointError, read_checkpoint
+from aptune.models.hf_keys import convert_hf
 from aptune.models.vit import MODEL_SIZES, sinusoid_table
 
 FORMATS = ("videomae-pretrain", "videomae-finetune", "apt-reference", "hf", "hf-pretrain", "aptune")
 #: Name segments of tuning-method parameters (peft habit: one prefix per method).
 TUNING_PREFIXES = ("prompt_", "vpt_", "adapter_", "lora_")
 APT_KEYS = ("prompt_embeddings_k", "prompt_embeddings_v", "prompt_scale")
+_WRAPPERS = ("module.", "_orig_mod.")
 _PRETRAIN_DROP = ("decoder.", "encoder_to_decoder.", "mask_token", "encoder.norm.")
-_HF_LAYER = (  # HF layer sub-module -> ours (checked in order)
-    ("attention.output.dense.", "attn.proj."),
-    ("intermediate.dense.", "mlp.fc1."),
-    ("output.dense.", "mlp.fc2."),
-    ("layernorm_before.", "norm1."),
-    ("layernorm_after.", "norm2."),
-)
 
 
 @dataclass
@@ -46,6 +41,7 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)
     resampled: list[str] = field(default_factory=list)
     head_reset: bool = False
+    file_classes: int | None = None  # classes of a head in the file that did not fit
 
     def summary(self) -> str:
         """One log line."""
@@ -57,7 +53,8 @@ class LoadReport:
         if self.resampled:
             parts.append(f"resampled {', '.join(self.resampled)}")
         if self.head_reset:
-            parts.append("head re-initialised")
+            was = f" (the file's has {self.file_classes} classes)" if self.file_classes else ""
+            parts.append(f"head re-initialised{was}")
         return "; ".join(parts)
 
 
@@ -92,66 +89,19 @@ def _detect(keys: list[str], where: str) -> str:
 
 
 def _strip_common(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes: DDP's ``module.`` (on every key) and ``backbone.``."""
-    if raw and all(k.startswith("module.") for k in raw):
-        raw = {k[len("module.") :]: v for k, v in raw.items()}
+    """Remove wrapper prefixes on every key - DDP's ``module.`` and torch.compile's
+    ``_orig_mod.``, nested in either order - and mmaction's ``backbone.`` per key."""
+    while raw:
+        wrapper = next((w for w in _WRAPPERS if all(k.startswith(w) for k in raw)), None)
+        if wrapper is None:
+            break
+        raw = {k[len(wrapper) :]: v for k, v in raw.items()}
     return {k.removeprefix("backbone."): v for k, v in raw.items()}
 
 
-def _convert_hf(raw: dict[str, torch.Tensor], where: str) -> tuple[dict, list[str]]:
-    out: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
-    qkv: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in raw.items():
-        name = key.removeprefix("videomae.")
-        m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", name)
-        if name.startswith(("decoder.", "encoder_to_decoder.")) or name == "mask_token":
-            dropped.append(key)
-        elif name.startswith("layernorm."):  # final norm of non-mean-pooling encoders
-            dropped.append(key)
-        elif name.startswith("embeddings.patch_embeddings.projection."):
-            out["patch_embed.proj." + name.rsplit(".", 1)[1]] = value
-        elif m and m.group(2).startswith("attention.attention."):
-            qkv.setdefault(m.group(1), {})[m.group(2).removeprefix("attention.attention.")] = value
-        elif m:
-            i, rest = m.groups()
-            new = next(
-                (ours + rest[len(hf) :] for hf, ours in _HF_LAYER if rest.startswith(hf)), None
-            )
-            out[f"blocks.{i}.{new}" if new else key] = value
-        elif name.startswith("classifier."):
-            out["head." + name.removeprefix("classifier.")] = value
-        else:  # fc_norm.* keeps its name; anything else surfaces as unexpected
-            out[name if name.startswith("fc_norm.") else key] = value
-    for i, parts in qkv.items():
-        try:
-            w = [parts.pop(f"{p}.weight") for p in ("query", "key", "value")]
-        except KeyError as e:
-            raise CheckpointError(f"{where}: layer {i} lacks attention weight {e}") from None
-        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat(w, dim=0)  # (3D, D), q,k,v order
-        # transformers 4.x (and the files 5.x writes) name them q_bias/v_bias
-        for hf, ours in (
-            ("query.bias", "q_bias"),
-            ("q_bias", "q_bias"),
-            ("value.bias", "v_bias"),
-            ("v_bias", "v_bias"),
-        ):
-            if hf in parts:
-                out[f"blocks.{i}.attn.{ours}"] = parts.pop(hf)
-        kb = parts.pop("key.bias", None)
-        if kb is not None and kb.abs().max() > 0:
-            raise CheckpointError(f"{where}: layer {i} has a non-zero key bias; VideoMAE has none")
-        if kb is not None:
-            dropped.append(f"videomae.encoder.layer.{i}.attention.attention.key.bias")
-        for rest in parts:  # unknown attention tensors: let the key check name them
-            out[f"videomae.encoder.layer.{i}.attention.attention.{rest}"] = parts[rest]
-    has_head = any(k.startswith("head.") for k in out)
-    if has_head and "fc_norm.weight" not in out and any(".layernorm." in f".{k}" for k in dropped):
-        raise CheckpointError(
-            f"{where}: classifier uses first-token pooling (use_mean_pooling=false); "
-            "aptune models mean-pool the tokens like VideoMAE"
-        )
-    return out, dropped
+def uses_cos_attn(raw: dict[str, torch.Tensor]) -> bool:
+    """True for a VideoMAE V2 checkpoint with cosine attention (``blocks.N.attn.scale``)."""
+    return any(k.endswith("attn.scale") for k in raw)
 
 
 def _convert(raw: dict[str, torch.Tensor], where: str) -> tuple[dict, str, list[str]]:
@@ -159,7 +109,7 @@ def _convert(raw: dict[str, torch.Tensor], where: str) -> tuple[dict, str, list[
     raw = _strip_common(raw)
     fmt = _detect(list(raw), where)
     if fmt.startswith("hf"):
-        out, dropped = _convert_hf(raw, where)
+        out, dropped = convert_hf(raw, where)
         return out, fmt, dropped
     out, dropped = {}, []
     for key, value in raw.items():
@@ -323,6 +273,10 @@ def _hints(sd: dict, own: dict, missing: list[str], unexpected: list[str]) -> st
         hints.append("file uses layer scale (gamma_1/gamma_2): build with init_values")
     if any(".gamma_" in k for k in missing):
         hints.append("model has layer scale the file lacks: build without init_values")
+    if any(k.endswith(".attn.scale") for k in unexpected):
+        hints.append("file uses cosine attention (attn.scale): build with --cos_attn")
+    if any(k.endswith(".attn.scale") for k in missing):
+        hints.append("model has cosine attention the file lacks: build without --cos_attn")
     if any(k.endswith(".q_bias") for k in missing) and not any(k.endswith(".q_bias") for k in sd):
         hints.append("file has no q/v bias: build with qkv_bias=False")
     return ("; " + "; ".join(hints)) if hints else ""
@@ -333,6 +287,12 @@ def load_pretrained(
 ) -> LoadReport:
     """Read, convert, verify and copy a checkpoint into ``model``; see docs/checkpoints.md."""
     raw, info = read_checkpoint(path, model_key)
+    return load_state(model, raw, info)
+
+
+def load_state(model: nn.Module, raw: dict[str, torch.Tensor], info: dict) -> LoadReport:
+    """``load_pretrained`` for a state dict already read by ``read_checkpoint`` (so a caller
+    that looked at the keys first - e.g. for cos_attn - does not read a big file twice)."""
     where = info["file"]
     sd, fmt, dropped = _convert(raw, where)
     if fmt == "videomae-finetune" and info.get("metadata", {}).get("format") == "aptune":
@@ -345,7 +305,7 @@ def load_pretrained(
     for k in [k for k in sd if k.startswith("head.")]:
         if k not in own or own[k].shape != sd[k].shape:
             report.dropped.append(k)
-            sd.pop(k)
+            report.file_classes = int(sd.pop(k).shape[0])
     err = _prompt_error(where, sd, own, model)
     if err is not None:
         raise err
@@ -385,5 +345,7 @@ __all__ = [
     "convert_state_dict",
     "is_tuning_key",
     "load_pretrained",
+    "load_state",
     "resample_pos_embed",
+    "uses_cos_attn",
 ]
