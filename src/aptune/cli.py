@@ -1,4 +1,5 @@
-"""``aptune`` command line: train, eval, predict, info, prepare, profile, pretrain, demo.
+"""``aptune`` command line: train, eval, predict, extract, export, report, info, prepare,
+profile, pretrain, demo.
 
 ``aptune train`` takes exactly the reference's flags (see ``aptune train --help``);
 ``run_class_apt.py`` at the repository root is the same command under the reference's
@@ -93,20 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", default=None, help="folder for eval outputs (default: run)")
     e.set_defaults(func=cmd_eval)
     from aptune.commands.demo import add_demo_parser
+    from aptune.commands.export import add_export_parser
+    from aptune.commands.extract import add_extract_parser
     from aptune.commands.info import add_info_parser
     from aptune.commands.predict import add_predict_parser
     from aptune.commands.profile import add_profile_parser
+    from aptune.commands.report import add_report_parser
     from aptune.data.prepare import add_prepare_parser
     from aptune.pretrain import add_pretrain_parser
 
-    for add in (add_predict_parser, add_info_parser, add_prepare_parser, add_profile_parser,
-                add_pretrain_parser, add_demo_parser):  # fmt: skip
+    for add in (add_predict_parser, add_extract_parser, add_export_parser, add_report_parser,
+                add_info_parser, add_prepare_parser, add_profile_parser, add_pretrain_parser,
+                add_demo_parser):  # fmt: skip
         add(sub)
     return p
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is the whole story for a user (no traceback)."""
+    from aptune.commands.export import ExportError
     from aptune.config import ConfigError
     from aptune.data import DataError
     from aptune.engine import NonFiniteLossError, ResumeError
@@ -114,7 +120,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from aptune.tuning import TuningConfigError
 
     return (ConfigError, DataError, CheckpointError, TuningConfigError, ResumeError,
-            NonFiniteLossError, FileNotFoundError, ValueError)  # fmt: skip
+            NonFiniteLossError, ExportError, FileNotFoundError, ValueError)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,204 @@
+"""``aptune export RUN --format onnx|torchscript --out PATH``: a run as one deployable file.
+
+The exported graph is the run's whole model (backbone, the method's prompts / adapters /
+LoRA, head) with a dynamic batch axis: normalised clips ``(B, 3, T, S, S)`` -> logits
+``(B, classes)``. ``PATH.json`` beside it says how to make those clips. After writing, the
+file is run (onnxruntime, or ``torch.jit.load``) on a random batch of another size and
+compared with PyTorch; a maximum relative error above ``TOLERANCE`` fails the export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from aptune.data.sampling import sampling_mode
+from aptune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from aptune.engine.trained import TrainedRun, open_run
+
+log = logging.getLogger("aptune")
+TOLERANCE = 1e-4
+FORMATS = ("onnx", "torchscript")
+
+
+class ExportError(RuntimeError):
+    """The export could not be written or does not reproduce PyTorch's output."""
+
+
+def require_export_extra() -> None:
+    """onnx, onnxruntime and onnxscript, or one line saying how to get them."""
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            __import__(name)
+        except ImportError:
+            raise ExportError(
+                f"--format onnx needs the '{name}' package: pip install aptune[export]"
+            ) from None
+
+
+def example_input(trained: TrainedRun, batch: int, seed: int = 0) -> torch.Tensor:
+    """A random normalised batch (B, 3, T, S, S) of the run's clip size."""
+    a = trained.args
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, a.num_frames, a.input_size, a.input_size, generator=gen)
+
+
+def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |got - ref| / max |ref|: one number that reads the same for any logit scale."""
+    return float((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12))
+
+
+def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
+    """torch.export-based exporter (the default since PyTorch 2.9); the TorchScript-based
+    one is the fallback for graphs it cannot capture. Weights go inside the file unless
+    they pass protobuf's 2 GB limit (then beside it, ``PATH.data``)."""
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1_500_000_000
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batch = torch.export.Dim("batch", min=1)
+            torch.onnx.export(
+                model,
+                (x,),
+                str(path),
+                dynamo=True,
+                input_names=["clips"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                optimize=True,
+                external_data=big,
+            )
+        return
+    except Exception as exc:  # noqa: BLE001 - every exporter failure has the same fallback
+        log.info(
+            "torch.export-based ONNX export failed (%s); using the TorchScript-based exporter",
+            " ".join(str(exc).split())[:200],
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            input_names=["clips"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamic_axes={"clips": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+
+def check_onnx(path: Path, model: torch.nn.Module, x: torch.Tensor) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x)
+    return relative_error(torch.from_numpy(got), ref)
+
+
+def export_torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # trace/jit deprecation notices and tracer warnings
+        traced = torch.jit.trace(model, x, check_trace=False)
+        traced.save(str(path))
+
+
+def check_torchscript(path: Path, model: torch.nn.Module, x: torch.Tensor) -> float:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        return relative_error(loaded(x), model(x))
+
+
+def sidecar(trained: TrainedRun, fmt: str, run: Path, max_rel_error: float) -> dict:
+    """What a user needs to feed the exported model (written as PATH.json)."""
+    a = trained.args
+    return {
+        "format": fmt,
+        "input": {
+            "name": "clips",
+            "shape": ["batch", 3, a.num_frames, a.input_size, a.input_size],
+            "dtype": "float32",
+            "layout": "(batch, channels RGB, frames, height, width)",
+        },
+        "output": {
+            "name": "logits",
+            "shape": ["batch", a.nb_classes],
+            "note": "softmax over the last axis gives class probabilities",
+        },
+        "num_frames": a.num_frames,
+        "sampling_rate": a.sampling_rate,
+        "sampling": sampling_mode(a.data_set, a.sampling),
+        "input_size": a.input_size,
+        "short_side_size": max(a.short_side_size, a.input_size),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "pixel_scale": "pixels / 255, then (x - mean) / std per channel",
+        "test_views": {
+            "segments": a.test_num_segment,
+            "crops": a.test_num_crop,
+            "merge": "mean of the views' softmax",
+        },
+        "class_names": trained.class_names,
+        "model": a.model,
+        "transfer_type": a.transfer_type,
+        "run": str(run),
+        "checkpoint": trained.which,
+        "check": {"max_relative_error": max_rel_error, "tolerance": TOLERANCE},
+    }
+
+
+def export_run(run: Path, fmt: str, out: Path, which: str = "best") -> float:
+    """Write ``out`` and ``out.json``; -> the checked maximum relative error."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "onnx":
+        require_export_extra()
+    trained = open_run(run, which, device="cpu")
+    model = trained.model.float().eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    x = example_input(trained, 2)
+    check_x = example_input(trained, 3, seed=1)  # another batch size: the axis is dynamic
+    if fmt == "onnx":
+        export_onnx(model, x, out)
+        err = check_onnx(out, model, check_x)
+    else:
+        export_torchscript(model, x, out)
+        err = check_torchscript(out, model, check_x)
+    if not err <= TOLERANCE:
+        raise ExportError(
+            f"{out}: {fmt} output differs from PyTorch by a relative "
+            f"{err:.2e} > {TOLERANCE:.0e}; the export is not faithful"
+        )
+    json_path = out.with_name(out.name + ".json")
+    json_path.write_text(json.dumps(sidecar(trained, fmt, run, err), indent=2))
+    return err
+
+
+def run_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    err = export_run(Path(args.run), args.format, out, args.which)
+    print(
+        f"{out}: {args.format}, checked against PyTorch on a random batch: max relative "
+        f"error {err:.2e} (tolerance {TOLERANCE:.0e})"
+    )
+    print(f"{out}.json: input shape, sampling, mean/std and class names")
+    return 0
+
+
+def add_export_parser(subparsers) -> None:
+    ex = subparsers.add_parser("export", help="a trained run as ONNX or TorchScript")
+    ex.add_argument("run", help="output_dir of an aptune train run")
+    ex.add_argument("--format", choices=FORMATS, default="onnx")
+    ex.add_argument("--out", required=True, help="output file (model.onnx, model.pt)")
+    ex.add_argument("--which", choices=["last", "best"], default="best")
+    ex.set_defaults(func=run_export)
