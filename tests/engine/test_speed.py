@@ -1,0 +1,270 @@
+"""engine.speed: frozen weights in the compute dtype, the attention choice, torch.compile."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+
+import pytest
+import torch
+
+import aptune
+from aptune.engine import speed
+from aptune.engine.distributed import DistInfo, unwrap
+from aptune.engine.loop import Precision
+from aptune.engine.weights import model_tensors
+
+BF16 = Precision("bf16", "cpu")
+FRAMES, SIZE = 4, 32
+N_TOKENS = (FRAMES // 2) * (SIZE // 16) ** 2  # 8 data tokens
+
+
+def tiny(transfer_type: str = "prompt", seed: int = 0, **kw) -> torch.nn.Module:
+    """Nano ViT (dim 64, depth 2, 2 heads) with every tensor random, so q/v biases and
+    LayerNorms are not the identity their init would be."""
+    torch.manual_seed(seed)
+    model = aptune.build_model(
+        "vit_nano", num_classes=5, transfer_type=transfer_type, num_frames=FRAMES,
+        input_size=SIZE, **kw,
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def clips(batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def run_args(**kw) -> argparse.Namespace:
+    base = dict(attn_impl="auto", batch_size=2, batch_size_val=None, num_frames=FRAMES)
+    base.update(input_size=SIZE, compile=False)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def impls(model: torch.nn.Module) -> set[str]:
+    return {blk.attn.attn_impl for blk in unwrap(model).blocks}
+
+
+# -- the choice -------------------------------------------------------------------------------
+class FakeTimer:
+    """``measure`` with fixed seconds per impl; records the order of the calls."""
+
+    def __init__(self, sdpa: float, plain: float) -> None:
+        self.seconds = {"sdpa": sdpa, "plain": plain}
+        self.calls: list[str] = []
+
+    def __call__(self, impl: str) -> float:
+        self.calls.append(impl)
+        return self.seconds[impl]
+
+
+@pytest.mark.parametrize("sdpa,plain,expected", [(1.0, 0.6, "plain"), (0.6, 1.0, "sdpa")])
+def test_auto_keeps_the_faster_path(sdpa, plain, expected):
+    model, timer = tiny(), FakeTimer(sdpa, plain)
+    choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, 1 << 40)
+    assert choice.impl == expected
+    assert choice.seconds == {"sdpa": sdpa, "plain": plain}
+    # 1 warm-up + 3 timed rounds, both impls each round, the order alternating
+    assert timer.calls == ["sdpa", "plain", "plain", "sdpa", "sdpa", "plain", "plain", "sdpa"]
+    line = choice.log_line()
+    assert f"sdpa {sdpa:.3f} s" in line and f"plain {plain:.3f} s" in line
+    assert line.endswith(f"-> {expected}")
+
+
+def test_time_impls_takes_medians_and_one_repeat_for_slow_steps():
+    noisy = {"sdpa": iter([9.0, 1.0, 5.0, 2.0]), "plain": iter([9.0, 3.0, 7.0, 4.0])}
+    measured = speed.time_impls(lambda impl: next(noisy[impl]), warmup=1, repeats=3, slow=100.0)
+    assert measured == {"sdpa": 2.0, "plain": 4.0}  # warm-up dropped, medians of the rest
+    calls: list[str] = []
+    speed.time_impls(lambda impl: calls.append(impl) or 10.0, warmup=1, repeats=3, slow=2.0)
+    assert len(calls) == 4  # a 10 s warm-up step: one timed round only
+
+
+def test_plain_is_never_timed_when_its_scores_do_not_fit():
+    model = tiny()
+    need = speed.plain_score_bytes(model, 2, torch.bfloat16, train=True)
+    timer = FakeTimer(sdpa=1.0, plain=0.1)
+    choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, need)
+    assert choice.impl == "sdpa" and timer.calls == [] and "not timed" in choice.log_line()
+    choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, None)
+    assert choice.impl == "sdpa" and timer.calls == []  # unknown memory: the safe path
+    roomy = int(need / speed.MEMORY_SHARE) + 1
+    assert speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, roomy).impl == (
+        "plain"
+    )
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "plain"])
+def test_explicit_impl_is_kept_without_timing(impl):
+    timer = FakeTimer(1.0, 1.0)
+    choice = speed.choose_attn_impl(tiny(), impl, 2, torch.float32, True, timer, 1 << 40)
+    assert choice.impl == impl and timer.calls == []
+    with pytest.raises(ValueError, match="--attn_impl"):
+        speed.choose_attn_impl(tiny(), "flash", 2, torch.float32, True, timer, 1 << 40)
+
+
+def test_plain_score_bytes_in_closed_form():
+    h, n, m, depth = 2, N_TOKENS, 2, 2
+    apt = tiny("prompt", prompt_num_tokens=m)
+    per_block_bf16 = 3 * h * n * (n + m) * 2
+    # training keeps one score tensor in each of the 2 blocks with grad, plus 2 in flight
+    assert speed.plain_score_bytes(apt, 3, torch.bfloat16, True) == per_block_bf16 * (depth + 2)
+    assert speed.plain_score_bytes(apt, 3, torch.float32, False) == 2 * per_block_bf16 * 2
+    late = tiny("prompt", prompt_num_tokens=m, prompt_start=1)  # block 0 runs without grad
+    assert speed.plain_score_bytes(late, 3, torch.bfloat16, True) == per_block_bf16 * 3
+    linear = tiny("linear")  # head only: no block keeps scores
+    assert speed.plain_score_bytes(linear, 3, torch.float32, True) == 3 * h * n * n * 4 * 2
+
+
+def test_plain_score_bytes_covers_what_autograd_keeps():
+    """The estimate is at least the score-shaped tensors plain attention saves for backward."""
+    model = tiny("prompt", prompt_num_tokens=2)
+    model.set_attn_impl("plain")
+    x, kept = clips(3), {}
+    score_shape = (3, 2, N_TOKENS, N_TOKENS + 2)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if tuple(t.shape) == score_shape:
+            kept[t.untyped_storage().data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), BF16.autocast():
+        model(x)
+    assert len(kept) == model.depth  # one per block: the softmax output
+    estimate = speed.plain_score_bytes(model, 3, torch.bfloat16, True)
+    assert sum(kept.values()) <= estimate <= 2 * sum(kept.values())
+
+
+def test_available_memory_is_positive_on_this_machine():
+    free = speed.available_memory(torch.device("cpu"))
+    assert free is None or free > 0
+
+
+# -- frozen weights in the compute dtype --------------------------------------------------------
+def test_frozen_cast_keeps_trainable_fp32_and_the_optimizer_state_fp32():
+    model = tiny("prompt", prompt_reparam=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    count = speed.cast_frozen_weights(model, torch.bfloat16)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert count > 0 and all(dtypes[n] == torch.float32 for n in trainable)
+    assert dtypes["blocks.0.attn.qkv.weight"] == torch.bfloat16
+    assert dtypes["blocks.0.attn.q_bias"] == torch.bfloat16
+    assert dtypes["patch_embed.proj.weight"] == torch.bfloat16
+    assert dtypes["blocks.0.norm1.weight"] == torch.float32  # LayerNorms stay fp32
+    named = dict(model.named_parameters())
+    frozen_before = {n: p.detach().clone() for n, p in named.items() if n not in trainable}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        with BF16.autocast():
+            loss = model(clips()).float().logsumexp(-1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    for state in opt.state.values():
+        assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
+    assert all(torch.equal(p, frozen_before[n]) for n, p in model.named_parameters()
+               if n not in trainable)  # fmt: skip
+    assert {t.dtype for t in model_tensors(model, trainable_only=True).values()} == {torch.float32}
+
+
+def test_frozen_cast_gives_the_fp32_weights_result_under_autocast():
+    """Only tensors autocast casts anyway are converted: same logits, same prompt grads."""
+    ref = tiny("prompt", prompt_reparam=True)
+    cast = copy.deepcopy(ref)
+    speed.cast_frozen_weights(cast, torch.bfloat16)
+    x = clips()
+    outs, grads = [], []
+    for model in (ref, cast):
+        with BF16.autocast():
+            out = model(x)
+        out.float().square().mean().backward()
+        outs.append(out.float())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    torch.testing.assert_close(outs[1], outs[0], rtol=1.6e-2, atol=1e-3)  # bf16 tolerance
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1.6e-2, atol=1e-4, msg=name)
+
+
+def test_full_finetuning_is_unchanged():
+    model = tiny("end2end")
+    assert speed.cast_frozen_weights(model, torch.bfloat16) == 0
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_bitfit_keeps_its_trainable_biases_fp32():
+    model = tiny("bitfit")
+    speed.cast_frozen_weights(model, torch.bfloat16)
+    attn = model.blocks[0].attn
+    assert attn.qkv.weight.dtype == torch.bfloat16
+    assert attn.proj.bias.requires_grad and attn.proj.bias.dtype == torch.float32
+    with BF16.autocast():
+        model(clips()).float().sum().backward()
+    assert attn.proj.bias.grad is not None and attn.proj.bias.grad.dtype == torch.float32
+
+
+# -- the entry point ------------------------------------------------------------------------------
+def test_prepare_times_on_the_run_shapes_and_leaves_no_trace(caplog):
+    model = tiny("prompt", prompt_dropout=0.5)
+    model.eval()
+    torch.manual_seed(123)
+    expected_next = torch.rand(4)
+    torch.manual_seed(123)
+    with caplog.at_level(logging.INFO, logger="aptune"):
+        out = speed.prepare_model_for_speed(model, run_args(), DistInfo(), BF16)
+    assert torch.equal(torch.rand(4), expected_next)  # the run's RNG stream is untouched
+    assert out is model and not model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert len(impls(model)) == 1 and impls(model) <= {"sdpa", "plain"}
+    lines = [r.getMessage() for r in caplog.records if "attention auto" in r.getMessage()]
+    assert len(lines) == 1 and "train step (bfloat16, batch 2)" in lines[0]
+    assert model.blocks[1].mlp.fc1.weight.dtype == torch.bfloat16
+
+
+def test_prepare_eval_times_forward_only_and_explicit_flag_wins(caplog):
+    model = tiny("linear")
+    with caplog.at_level(logging.INFO, logger="aptune"):
+        speed.prepare_model_for_speed(
+            model, run_args(batch_size_val=3), DistInfo(), Precision("fp32"), train=False
+        )
+    assert any("forward (float32, batch 3)" in r.getMessage() for r in caplog.records)
+    assert model.head.weight.dtype == torch.float32  # fp32 run: nothing is cast
+    model = tiny("linear")
+    speed.prepare_model_for_speed(model, run_args(attn_impl="plain"), DistInfo(), BF16)
+    assert impls(model) == {"plain"}
+
+
+def test_sample_shape_from_flags():
+    assert speed.sample_shape(run_args(), True) == (2, 3, FRAMES, SIZE, SIZE)
+    assert speed.sample_shape(run_args(batch_size_val=6), False)[0] == 6
+    assert speed.sample_shape(run_args(), False)[0] == 2
+
+
+# -- torch.compile ---------------------------------------------------------------------------------
+_ENV_ERRORS = ("compiler", "gcc", "cc1", "c++", "Python.h", "cpp", "triton")
+
+
+@pytest.mark.slow
+def test_compile_gives_equal_outputs_and_unwraps():
+    """Inference forward only: compiling the backward graph too costs ~4x the time (cold
+    cache, 2 shared cores); benchmarks/bench_train_step.py times the compiled train step."""
+    model = tiny("prompt").eval()
+    ref = copy.deepcopy(model)
+    compiled = speed.prepare_model_for_speed(
+        model, run_args(attn_impl="sdpa", compile=True), DistInfo(), Precision("fp32")
+    )
+    assert unwrap(compiled) is model and compiled is not model
+    x = clips()
+    try:
+        with torch.no_grad():
+            out = compiled(x)
+    except Exception as e:  # inductor needs a working C compiler and headers
+        if any(k in str(e) for k in _ENV_ERRORS):
+            pytest.skip(f"torch.compile unavailable here: {str(e).splitlines()[0][:200]}")
+        raise
+    with torch.no_grad():
+        expected = ref(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
