@@ -1,0 +1,279 @@
+"""APT train step of aptune vs a reference-style VideoMAE model, side by side in one process.
+
+The reference-style model below is written the way VideoMAE's fine-tuning ViT and the APT
+code are (its own code is not in this repository): plain attention that keeps the
+(B, h, N, N+M) scores, fp32 weights under the same autocast, every block through
+autograd, prompts concatenated to the keys and values. aptune runs in every combination
+that engine/speed.py chooses between: SDPA or plain attention, frozen weights stored in
+bf16 or not, torch.compile or not, and what ``--attn_impl auto`` picks.
+
+Every configuration shares one set of weights, runs once per round in a rotating order
+(a noisy neighbour hits all of them alike), and reports the median over rounds. Also
+printed: activation memory a training forward keeps for backward (bytes of the saved
+tensors that are not parameters), and the bf16 GEMM floor: the step's counted FLOPs at
+this machine's measured bf16 GEMM rate on the model's own GEMM shape.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_train_step.py              # ViT-S 16x224, batch 1
+    python benchmarks/bench_train_step.py --model vit_nano --frames 4 --size 32 --no-compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import aptune
+from aptune.engine.distributed import DistInfo
+from aptune.engine.loop import Precision
+from aptune.engine.speed import cast_frozen_weights, prepare_model_for_speed
+
+
+# -- the reference-style model ----------------------------------------------------------------
+class RefAttention(nn.Module):
+    """VideoMAE's attention with APT's key/value prompts: plain matmul + softmax."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.attn_drop = nn.Dropout(0.0)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, qkv_bias)
+        qkv = qkv.reshape(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        shape = (B, self.heads) + pk.shape  # (B, h, M, d)
+        k = torch.cat((k, pk.to(k.dtype).expand(shape)), dim=2)  # (B, h, N+M, d)
+        v = torch.cat((v, pv.to(v.dtype).expand(shape)), dim=2)
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N+M)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        x = (attn @ v).transpose(1, 2).reshape(B, N, -1)  # (B, N, C)
+        return self.proj(x)
+
+
+class RefBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = RefAttention(dim, heads)
+        self.mlp = nn.Sequential()
+        self.mlp.fc1, self.mlp.act, self.mlp.fc2 = (
+            nn.Linear(dim, 4 * dim),
+            nn.GELU(),
+            nn.Linear(4 * dim, dim),
+        )
+
+    def forward(self, x: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), pk, pv)
+        return x + self.mlp(self.norm2(x))
+
+
+class RefViT(nn.Module):
+    """Same parameter names as aptune's model, so one state dict loads into both."""
+
+    def __init__(self, ours: nn.Module) -> None:
+        super().__init__()
+        dim, heads = ours.embed_dim, ours.num_heads
+        self.patch_embed = copy.deepcopy(ours.patch_embed)
+        self.register_buffer("pos_embed", ours.pos_embed.clone(), persistent=False)
+        self.blocks = nn.ModuleList(RefBlock(dim, heads) for _ in range(ours.depth))
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, ours.num_classes)
+        self.prompt_k = nn.Parameter(ours.kv_prompts.prompt_embeddings_k.detach().clone())
+        self.prompt_v = nn.Parameter(ours.kv_prompts.prompt_embeddings_v.detach().clone())
+        self.load_state_dict(ours.state_dict(), strict=False)
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith(("prompt_", "fc_norm", "head")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        x = x + self.pos_embed.type_as(x).to(x.device).clone().detach()
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, self.prompt_k[i], self.prompt_v[i])
+        return self.head(self.fc_norm(x.mean(1)))
+
+
+# -- measuring ---------------------------------------------------------------------------------
+def train_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision
+) -> Callable:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, foreach=False)
+
+    def step() -> None:
+        with precision.autocast():
+            logits = model(x)
+        F.cross_entropy(logits.float(), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def saved_bytes(model: nn.Module, x: torch.Tensor, precision: Precision) -> int:
+    """Bytes autograd keeps for backward (unique storages, parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), precision.autocast():
+        model(x)
+    return sum(kept.values())
+
+
+def gemm_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """Best-of-5 rate of an (m x k) @ (k x n) GEMM: the floor a step could reach."""
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    best = 0.0
+    for _ in range(5):
+        a @ b
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 5:
+            a @ b
+            count += 1
+        best = max(best, 2 * m * k * n * count / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def step_flops(step: Callable) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def median_times(steps: dict[str, Callable], rounds: int) -> dict[str, float]:
+    """One warm-up each, then ``rounds`` rounds in a rotating order; medians."""
+    names = list(steps)
+    for name in names:
+        steps[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+        print(f"  round {r + 1}/{rounds} done", flush=True)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+# -- the run -----------------------------------------------------------------------------------
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vit_small_patch16_224")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--tokens", type=int, default=2, help="APT prompt tokens per layer")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    p.add_argument("--no-fp32", action="store_true", help="skip the fp32 rows")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="  %(message)s")
+    torch.manual_seed(0)
+    ours = aptune.build_model(a.model, num_classes=174, transfer_type="prompt",
+                              prompt_num_tokens=a.tokens, num_frames=a.frames,
+                              input_size=a.size)  # fmt: skip
+    x = torch.randn(a.batch, 3, a.frames, a.size, a.size)
+    y = torch.zeros(a.batch, dtype=torch.long)
+    bf16, fp32 = Precision("bf16", "cpu"), Precision("fp32", "cpu")
+    print(f"{a.model} {a.frames}x{a.size}, batch {a.batch}, APT {a.tokens} tokens, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
+
+    def with_impl(model: nn.Module, impl: str, step: Callable) -> Callable:
+        def run() -> None:
+            model.set_attn_impl(impl)
+            step()
+
+        return run
+
+    cast = copy.deepcopy(ours)
+    cast_frozen_weights(cast, torch.bfloat16)
+    auto = copy.deepcopy(ours)
+    flags = argparse.Namespace(attn_impl="auto", batch_size=a.batch, num_frames=a.frames,
+                               input_size=a.size, compile=False)  # fmt: skip
+    prepare_model_for_speed(auto, flags, DistInfo(), bf16)
+    picked = auto.blocks[0].attn.attn_impl
+    ref = RefViT(ours)
+    models = {"reference-style": (ref, None), "sdpa": (ours, "sdpa"), "plain": (ours, "plain"),
+              "sdpa + bf16 frozen": (cast, "sdpa"), "plain + bf16 frozen": (cast, "plain"),
+              f"auto ({picked}) + bf16 frozen": (auto, None)}  # fmt: skip
+    steps = {}
+    for name, (model, impl) in models.items():
+        step = train_step(model, x, y, bf16)
+        steps[name] = with_impl(model, impl, step) if impl else step
+    if not a.no_compile:
+        compiled = torch.compile(auto)
+        steps[f"auto ({picked}) + bf16 frozen + compile"] = train_step(compiled, x, y, bf16)
+        start = time.perf_counter()
+        steps[f"auto ({picked}) + bf16 frozen + compile"]()
+        print(f"  torch.compile: first step {time.perf_counter() - start:.0f} s (compilation)")
+    flops = step_flops(with_impl(ours, "plain", train_step(ours, x, y, bf16)))
+    dim = ours.embed_dim
+    tokens = ours.patch_embed.num_patches * a.batch
+    gemm = gemm_gflops(tokens, dim, 4 * dim, torch.bfloat16)
+    print(f"bf16 GEMM ({tokens}x{dim} @ {dim}x{4 * dim}): {gemm:.0f} GFLOP/s; step "
+          f"{flops / 1e9:.0f} GFLOP -> floor {flops / gemm / 1e9:.3f} s")  # fmt: skip
+    memory = {}
+    for name, (model, impl) in models.items():
+        if impl:
+            model.set_attn_impl(impl)
+        memory[name] = saved_bytes(model, x, bf16)
+    print(f"timing bf16 ({a.rounds} rounds)...")
+    times = median_times(steps, a.rounds)
+    report("bf16 autocast", times, memory, "reference-style", flops / gemm / 1e9)
+    if a.no_fp32:
+        return
+    fp32_models = {"reference-style": (ref, None), "sdpa": (ours, "sdpa"), "plain": (ours, "plain")}
+    steps = {}
+    memory = {}
+    for name, (model, impl) in fp32_models.items():
+        step = train_step(model, x, y, fp32)
+        steps[name] = with_impl(model, impl, step) if impl else step
+        if impl:
+            model.set_attn_impl(impl)
+        memory[name] = saved_bytes(model, x, fp32)
+    auto32 = copy.deepcopy(ours)
+    prepare_model_for_speed(auto32, flags, DistInfo(), fp32)
+    print(f"timing fp32 ({a.rounds} rounds)...")
+    times = median_times(steps, a.rounds)
+    report(
+        f"fp32 (auto picks {auto32.blocks[0].attn.attn_impl})",
+        times,
+        memory,
+        "reference-style",
+        None,
+    )
+
+
+def report(title: str, times: dict, memory: dict, base: str, floor: float | None) -> None:
+    print(f"\n{title}: median s/step, speed-up over {base}, activation memory")
+    head = f"{'configuration':<40}{'s/step':>8}{'speed-up':>10}{'act. MB':>9}{'mem ratio':>11}"
+    print(head + (f"{'x floor':>9}" if floor else ""))
+    for name, t in times.items():
+        mem = memory.get(name)
+        mem_txt = f"{mem / 2**20:>9.0f}{mem / memory[base]:>10.2f}x" if mem else f"{'':>20}"
+        line = f"{name:<40}{t:>8.3f}{times[base] / t:>9.2f}x" + mem_txt
+        print(line + (f"{t / floor:>8.1f}x" if floor else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()
