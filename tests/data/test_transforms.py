@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from aptune.data.transforms import (
     IMAGENET_MEAN,
@@ -134,3 +135,101 @@ def test_crop_scale_is_validated_with_the_flag_name():
 
     with pytest.raises(ValueError, match="--crop_scale"):
         DataConfig(crop_scale=(0.5, 0.1))
+
+
+# ---- the reference's training order (issue 17) ----
+
+
+def test_reference_crop_box_is_an_integer_box_in_range():
+    from aptune.data.transforms import reference_crop_box
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        top, left, h, w = reference_crop_box(240, 320, rng)
+        assert all(isinstance(v, int) for v in (top, left, h, w))
+        assert 0 <= top and top + h <= 240 and 0 <= left and left + w <= 320
+        assert 0.08 * 0.9 <= h * w / (240 * 320) <= 1.0
+        assert 0.75 - 0.02 <= w / h <= 1.3333 + 0.02
+    # scale 1: every try fails on a non-square frame -> centre crop, ratio clamped
+    assert reference_crop_box(240, 320, rng, (1.0, 1.0)) == (0, 0, 240, 320)  # in range
+    assert reference_crop_box(240, 427, rng, (1.0, 1.0)) == (0, 53, 240, 320)  # round(240*1.3333)
+    assert reference_crop_box(427, 240, rng, (1.0, 1.0)) == (53, 0, 320, 240)  # round(240/0.75)
+
+
+def test_rand_augment_draw_equals_timm_per_frame():
+    # one draw applied to every frame == timm's own call with the clip's seed before each frame
+    import random
+
+    from timm.data.auto_augment import rand_augment_transform
+
+    from aptune.data.transforms import ClipRandAugment
+
+    ra = ClipRandAugment("rand-m9-n4-mstd0.5-inc1", 32)
+    timm_op = rand_augment_transform("rand-m9-n4-mstd0.5-inc1", {"translate_const": 14,
+                                     "interpolation": Image.Resampling.BICUBIC})  # fmt: skip
+    frames = [Image.fromarray(f) for f in _constant_clip(t=2, seed=5)]
+    compared = 0
+    for seed in range(40):
+        got = ra(frames, seed)
+        assert np.array_equal(*map(np.asarray, got))
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            want = np.asarray(timm_op(frames[0]))
+        except ValueError:  # timm's Posterize to 0 bits on Pillow >= 10: ours gives black
+            assert any(n.startswith("Posterize") and a[0] == 0 for n, _, a, _ in ra.draw(seed))
+            continue
+        assert np.array_equal(np.asarray(got[0]), want)
+        compared += 1
+    assert compared >= 30
+    assert all(op.kwargs["fillcolor"] == (128, 128, 128) for op in ra.op.ops)  # reference grey
+
+
+def _rotate_only(tf):
+    """Force RandAugment to one geometric op (Rotate 30 degrees, bilinear, grey fill)."""
+    from timm.data.auto_augment import NAME_TO_OP
+
+    kwargs = {"fillcolor": (128, 128, 128), "resample": Image.Resampling.BILINEAR}
+    tf._rand_augment.draw = lambda seed: [("Rotate", NAME_TO_OP["Rotate"], (30.0,), kwargs)]
+    return kwargs
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_train_order_is_augment_full_frame_then_crop(seed):
+    from aptune.data.transforms import reference_crop_box
+
+    frames = np.stack([_constant_clip(t=1, h=96, w=128, seed=seed)[0]] * 2)  # (2, 96, 128, 3)
+    frames[1] = 255 - frames[1]
+    tf = TrainTransform(32, flip=True, auto_augment="rand-m9-n1-mstd0-inc1", crop_scale=(0.2, 0.3))
+    kwargs = _rotate_only(tf)
+    got = tf(frames, np.random.default_rng(seed))
+    # the reference, step by step: rotate the whole frame, /255 and normalise the whole
+    # frame, integer random resized crop, bilinear (align_corners False, no antialias), flip
+    rng = np.random.default_rng(seed)
+    rng.integers(2**31)  # the RandAugment seed
+    top, left, h, w = reference_crop_box(96, 128, rng, (0.2, 0.3))
+    flip = rng.random() < 0.5
+    rotated = np.stack([np.asarray(Image.fromarray(f).rotate(30.0, **kwargs)) for f in frames])
+    full = (torch.from_numpy(rotated).permute(3, 0, 1, 2) / 255 - MEAN) / STD  # (3, T, H, W)
+    box = full[:, :, top : top + h, left : left + w]
+    want = torch.nn.functional.interpolate(box, size=(32, 32), mode="bilinear", align_corners=False)
+    want = want.flip(-1) if flip else want
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    # the old order (crop first, then rotate the crop about its own centre) differs clearly
+    crops = [Image.fromarray(f[top : top + h, left : left + w]) for f in frames]
+    crops = [c.rotate(30.0, **kwargs) for c in crops]
+    old = (torch.from_numpy(np.stack([np.asarray(c) for c in crops])).permute(3, 0, 1, 2) / 255
+           - MEAN) / STD  # fmt: skip
+    old = torch.nn.functional.interpolate(old, size=(32, 32), mode="bilinear", align_corners=False)
+    old = old.flip(-1) if flip else old
+    assert float((got - old).abs().mean()) > 0.1
+
+
+def test_train_clip_deterministic_per_rng_and_samples_differ():
+    tf = TrainTransform(32, auto_augment="rand-m4-n2-mstd0.2-inc1", reprob=0.25)
+    frames = _constant_clip(t=4, h=60, w=80)
+    a = tf(frames, np.random.default_rng(7))
+    assert torch.equal(a, tf(frames, np.random.default_rng(7)))
+    rng = np.random.default_rng(7)
+    first, second = tf(frames, rng), tf(frames, rng)  # num_sample 2 draws twice from one rng
+    assert torch.equal(first, a) and not torch.equal(first, second)

@@ -1,8 +1,11 @@
-"""Frame indices of clips: pure functions of (video length, options, rng).
+"""Frame indices of clips: pure functions of (video length, options, rng), by the reference's
+formulas (VideoMAE's `kinetics.py` / `ssv2.py` as used by APT; APT_SPEC section 5).
 
-Dense sampling (UCF101, HMDB51, Kinetics): `num_frames` frames `sampling_rate` apart.
-Segment sampling (SSv2): the video cut into `num_frames` equal segments, one frame each.
+Dense sampling (UCF101, HMDB51, Kinetics): `num_frames` T frames spread over T * r frames.
+Segment sampling (SSv2): the video cut into T equal segments, one frame each.
 `rng` is a `numpy.random.Generator` or a `random.Random`; `None` means evaluation (fixed).
+Every random function has a pure twin taking the draw (`dense_clip_ending`,
+`segment_clip_with`), so tests can enumerate every outcome.
 """
 
 from __future__ import annotations
@@ -40,76 +43,141 @@ def _check(num_video_frames: int, num_frames: int) -> None:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
 
 
-def _dense_from(start: int, num_video_frames: int, num_frames: int, rate: int) -> list[int]:
-    """`num_frames` indices from `start`, `rate` apart; past the end repeats the last frame."""
-    return [min(start + i * rate, num_video_frames - 1) for i in range(num_frames)]
+# ---- dense: training (and the exact-stride clip pre-training uses) ----
+
+
+def dense_clip_ending(
+    num_video_frames: int, num_frames: int, sampling_rate: int, end: int | None
+) -> list[int]:
+    """The reference's dense train clip for a given draw `end` in [T*r, n), or for a short
+    video (n <= T*r, `end` ignored).
+
+    Long: `int(linspace(end - T*r, end, T))` clipped to [start, end - 1] (spacing T*r/(T-1),
+    not r). Short: `linspace(0, n, n // r)` padded with n up to T, clipped to n - 1.
+    """
+    _check(num_video_frames, num_frames)
+    n, span = num_video_frames, num_frames * sampling_rate
+    if n <= span:
+        index = np.linspace(0, n, num=n // sampling_rate)
+        index = np.concatenate((index, np.full(num_frames - n // sampling_rate, float(n))))
+        return np.clip(index, 0, n - 1).astype(np.int64).tolist()
+    if end is None or not span <= end < n:
+        raise ValueError(f"end must be in [{span}, {n}) for a {n}-frame video, got {end}")
+    start = end - span
+    index = np.linspace(start, end, num=num_frames)
+    return np.clip(index, start, end - 1).astype(np.int64).tolist()
+
+
+def dense_train_indices(
+    num_video_frames: int, num_frames: int, sampling_rate: int, rng: Rng | None = None
+) -> list[int]:
+    """Dense clip: train (`rng`): `end` uniform in [T*r, n) as the reference's `randint`;
+    val (`rng=None`): `end` in the middle of that range (our fixed, documented departure)."""
+    n, span = num_video_frames, num_frames * sampling_rate
+    if n <= span:
+        return dense_clip_ending(n, num_frames, sampling_rate, None)
+    end = span + (_randint(rng, n - span) if rng is not None else (n - 1 - span) // 2)
+    return dense_clip_ending(n, num_frames, sampling_rate, end)
 
 
 def dense_indices(
     num_video_frames: int, num_frames: int, sampling_rate: int, rng: Rng | None = None
 ) -> list[int]:
-    """One dense clip spanning `num_frames * sampling_rate` frames.
+    """Exact-stride clip (frames `r` apart; VideoMAE pre-training's rule, not fine-tuning's).
 
     Train (`rng` given): random start in [0, n - span]; eval (`rng=None`): the centred clip.
     A video shorter than the span starts at 0 and is padded by repeating its last frame.
     """
     _check(num_video_frames, num_frames)
-    span = num_frames * sampling_rate
-    room = num_video_frames - span  # free frames around the clip
+    room = num_video_frames - num_frames * sampling_rate  # free frames around the clip
     if room <= 0:
         start = 0
     elif rng is None:
         start = room // 2
     else:
         start = _randint(rng, room + 1)
-    return _dense_from(start, num_video_frames, num_frames, sampling_rate)
+    last = num_video_frames - 1
+    return [min(start + i * sampling_rate, last) for i in range(num_frames)]
+
+
+# ---- dense: test views ----
+
+
+def dense_test_buffer(num_video_frames: int, num_frames: int, sampling_rate: int) -> list[int]:
+    """Frames 0, r, 2r, ... below n, padded with the last up to T: the reference's test buffer."""
+    _check(num_video_frames, num_frames)
+    buffer = list(range(0, num_video_frames, sampling_rate))
+    return buffer + [buffer[-1]] * max(num_frames - len(buffer), 0)
 
 
 def dense_test_views(
     num_video_frames: int, num_frames: int, sampling_rate: int, test_num_segment: int
 ) -> list[list[int]]:
-    """`test_num_segment` dense clips with starts evenly spaced from the first to the last
-    possible start (one view: the centred clip), as the reference's temporal test views."""
-    _check(num_video_frames, num_frames)
-    room = max(num_video_frames - num_frames * sampling_rate, 0)
+    """Clip k = `buffer[int(k*step) : int(k*step) + T]`, `step = max((B - T)/(S - 1), 0)`,
+    so every index is a multiple of r. S = 1 (the reference divides by zero): centred."""
+    buffer = dense_test_buffer(num_video_frames, num_frames, sampling_rate)
+    room = len(buffer) - num_frames
     if test_num_segment == 1:
         starts = [room // 2]
     else:
-        step = room / (test_num_segment - 1)
+        step = max(room / (test_num_segment - 1), 0)
         starts = [int(k * step) for k in range(test_num_segment)]
-    return [_dense_from(s, num_video_frames, num_frames, sampling_rate) for s in starts]
+    return [buffer[s : s + num_frames] for s in starts]
 
 
-def segment_indices(
-    num_video_frames: int, num_frames: int, rng: Rng | None = None, offset: float = 0.5
-) -> list[int]:
-    """One frame from each of `num_frames` equal segments (TSN/SSv2 sampling).
+# ---- segment (SSv2) ----
 
-    Train: a random frame inside each segment of `n // num_frames` frames (the reference's
-    rule); eval: frame `int(tick * (i + offset))` with `tick = n / num_frames`. Videos with
-    fewer frames than segments repeat frames evenly (`int(i * n / num_frames)`).
-    """
+
+def segment_clip_with(num_video_frames: int, num_frames: int, draws: list[int]) -> list[int]:
+    """The reference's segment train clip for given draws: `x*avg + draws[x]` with each draw
+    in [0, avg), avg = n // T; a video shorter than T (avg 0) gives T copies of frame 0."""
     _check(num_video_frames, num_frames)
-    if num_video_frames < num_frames:
-        return [i * num_video_frames // num_frames for i in range(num_frames)]
+    avg = num_video_frames // num_frames
+    if avg > 0:
+        return [x * avg + int(d) for x, d in enumerate(draws)]
+    return [0] * num_frames
+
+
+def segment_train_indices(
+    num_video_frames: int, num_frames: int, rng: Rng | None = None
+) -> list[int]:
+    """Segment clip: train (`rng`): a uniform frame of each `n // T`-frame chunk; the
+    reference's `elif n > T` branch is unreachable (avg > 0 whenever n >= T), so a video
+    shorter than T gives T copies of frame 0. Val (`rng=None`): segment centres."""
+    _check(num_video_frames, num_frames)
     if rng is None:
-        tick = num_video_frames / num_frames
-        return [min(int(tick * (i + offset)), num_video_frames - 1) for i in range(num_frames)]
-    seg = num_video_frames // num_frames
-    return [i * seg + _randint(rng, seg) for i in range(num_frames)]
+        return segment_indices(num_video_frames, num_frames)
+    avg = num_video_frames // num_frames
+    draws = [_randint(rng, avg) for _ in range(num_frames)] if avg > 0 else []
+    return segment_clip_with(num_video_frames, num_frames, draws)
+
+
+def segment_indices(num_video_frames: int, num_frames: int, offset: float = 0.5) -> list[int]:
+    """Frame `int(tick * (i + offset))` of each segment, `tick = n / T` (val: offset 1/2)."""
+    _check(num_video_frames, num_frames)
+    tick = num_video_frames / num_frames
+    return [min(int(tick * (i + offset)), num_video_frames - 1) for i in range(num_frames)]
 
 
 def segment_test_views(
     num_video_frames: int, num_frames: int, test_num_segment: int
 ) -> list[list[int]]:
-    """Segment views with fixed offsets `k / test_num_segment` of a segment, k = 0..S-1.
+    """S = 2 (the reference's SSv2 test): `sorted([int(tick*x + tick/2)] + [int(tick*x)])`,
+    clip k = every second entry from k. Other S (not defined there): offsets k / S."""
+    _check(num_video_frames, num_frames)
+    if test_num_segment != 2:
+        return [
+            segment_indices(num_video_frames, num_frames, offset=k / test_num_segment)
+            for k in range(test_num_segment)
+        ]
+    tick = num_video_frames / num_frames
+    both = [int(tick / 2.0 + tick * x) for x in range(num_frames)]
+    both += [int(tick * x) for x in range(num_frames)]
+    both.sort()
+    return [both[0::2], both[1::2]]
 
-    For S=2 these are the reference's two SSv2 test clips (offset 0 and offset 1/2).
-    """
-    return [
-        segment_indices(num_video_frames, num_frames, None, offset=k / test_num_segment)
-        for k in range(test_num_segment)
-    ]
+
+# ---- dispatch ----
 
 
 def clip_indices(
@@ -119,10 +187,10 @@ def clip_indices(
     sampling_rate: int,
     rng: Rng | None = None,
 ) -> list[int]:
-    """Train (`rng`) or validation (`rng=None`, one centred view) clip for `mode`."""
+    """Train (`rng`) or validation (`rng=None`, one fixed centred view) clip for `mode`."""
     if mode == "segment":
-        return segment_indices(num_video_frames, num_frames, rng)
-    return dense_indices(num_video_frames, num_frames, sampling_rate, rng)
+        return segment_train_indices(num_video_frames, num_frames, rng)
+    return dense_train_indices(num_video_frames, num_frames, sampling_rate, rng)
 
 
 def all_test_views(
@@ -135,14 +203,15 @@ def all_test_views(
 
 
 def crop_starts(length: int, crop: int, num_crops: int) -> list[int]:
-    """Starts of `num_crops` crops of size `crop` evenly spread over `length` (1: centred)."""
+    """Starts of `num_crops` crops along `length`: `int(j * (length - crop) / (num_crops - 1))`
+    as the reference's test crops; one crop is centred with `round`, as its CenterCrop."""
     room = max(length - crop, 0)
     if num_crops == 1:
-        return [room // 2]
+        return [int(round(room / 2))]
     return [int(j * room / (num_crops - 1)) for j in range(num_crops)]
 
 
 def is_short(mode: str, num_video_frames: int, num_frames: int, sampling_rate: int) -> bool:
-    """True when a clip of `mode` must repeat frames because the video is too short."""
-    need = num_frames if mode == "segment" else (num_frames - 1) * sampling_rate + 1
+    """True when a clip of `mode` repeats frames because the video is too short."""
+    need = num_frames if mode == "segment" else num_frames * sampling_rate
     return num_video_frames < need

@@ -1,9 +1,11 @@
-"""Clip transforms: every random choice is drawn once per clip and applied to all its frames.
+"""Clip transforms in the reference's order (APT_SPEC section 5); every random choice is
+drawn once per clip and applied to all its frames.
 
-Train: random short-side jitter + random resized crop (fused into one resize per frame),
-horizontal flip, timm RandAugment, ImageNet normalisation, random erasing (a tube: the same
-box and noise in every frame). Test/val: short side to `short_side_size`, crops spread
-along the long side. Inputs are uint8 (T, H, W, 3) arrays; outputs float (3, T, S, S).
+Train: RandAugment (timm string) on the decoded frames at their own size, ImageNet
+normalisation, random resized crop with an integer box and a bilinear resize without
+antialiasing, horizontal flip, random erasing (a tube). Test/val: short side to
+`short_side_size` with OpenCV INTER_LINEAR semantics, crops along the long side.
+Inputs are uint8 (T, H, W, 3) arrays; outputs float (3, T, S, S).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 from .sampling import crop_starts
 
@@ -23,6 +25,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) * 255
 _STD255 = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) * 255
+REFERENCE_RATIO = (0.75, 1.3333)  # the reference's literal aspect range (`asp`)
 _PIL_INTERP = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -47,8 +50,9 @@ def sample_crop_box(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tuple[float, float, float, float]:
-    """Box (x0, y0, x1, y1) in input pixels of: short side resized to a random size in
-    [256, 320] * input_size / 224, then a random resized crop of that (torchvision's rule).
+    """Pre-training's crop (fine-tuning uses `reference_crop_box`): box (x0, y0, x1, y1) in
+    input pixels of: short side resized to a random size in [256, 320] * input_size / 224,
+    then a random resized crop of that (torchvision's rule).
 
     Mapping the crop back to the input lets each frame be resized once, not twice.
     """
@@ -79,36 +83,62 @@ def sample_crop_box(
     return (x0 / f, y0 / f, min((x0 + w) / f, width), min((y0 + h) / f, height))
 
 
-class ClipRandAugment:
-    """timm's RandAugment with one draw of ops and magnitudes for all frames of a clip.
+def _posterize_to_black(img: Image.Image, *_args, **_kwargs) -> Image.Image:
+    """Posterize keeping 0 bits: black, what older Pillow returned (the reference's result)."""
+    return Image.new(img.mode, img.size)
 
-    timm draws from the global `random` / `np.random`; both are seeded from the clip's seed
-    before each frame (and restored afterwards), so every frame sees the same choices.
+
+class ClipRandAugment:
+    """timm's RandAugment with one draw of ops and magnitudes for all frames of a clip, as the
+    reference's list-aware copy of it (the same op and magnitude for every frame).
+
+    The ops are drawn once from the global `random` / `np.random`, seeded from the clip's
+    seed (and restored afterwards), then each chosen op runs on every frame. The fill of the
+    geometric ops is timm's default grey (128, 128, 128), as in the reference.
     """
 
     def __init__(self, config_str: str, input_size: int, interpolation: str = "bicubic"):
         from timm.data.auto_augment import rand_augment_transform
 
-        hparams = {
-            "translate_const": int(input_size * 0.45),
-            "img_mean": tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN),
-        }
+        hparams: dict = {"translate_const": int(input_size * 0.45)}
         if interpolation in _PIL_INTERP:
             hparams["interpolation"] = _PIL_INTERP[interpolation]
         self.op = rand_augment_transform(config_str, hparams)
 
-    def __call__(self, frames: list[Image.Image], seed: int) -> list[Image.Image]:
+    def draw(self, seed: int) -> list[tuple]:
+        """[(op name, aug_fn, level args, kwargs)] of the ops that fire for this clip."""
+        ra = self.op
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
-            out = []
-            for frame in frames:
-                random.seed(seed)
-                np.random.seed(seed)
-                out.append(self.op(frame))
-            return out
+            random.seed(seed)
+            np.random.seed(seed)
+            chosen = np.random.choice(
+                ra.ops, ra.num_layers, replace=ra.choice_weights is None, p=ra.choice_weights
+            )
+            fired = []
+            for op in chosen:  # timm's AugmentOp.__call__, drawn once instead of per frame
+                if op.prob < 1.0 and random.random() > op.prob:
+                    continue
+                magnitude = op.magnitude
+                if op.magnitude_std == float("inf"):
+                    magnitude = random.uniform(0, magnitude)
+                elif op.magnitude_std > 0:
+                    magnitude = random.gauss(magnitude, op.magnitude_std)
+                magnitude = max(0.0, min(magnitude, op.magnitude_max or 10.0))
+                args = op.level_fn(magnitude, op.hparams) if op.level_fn is not None else ()
+                fn = op.aug_fn
+                if op.name.startswith("Posterize") and args[0] <= 0:
+                    fn = _posterize_to_black  # Pillow >= 10 rejects 0 bits; timm would raise
+                fired.append((op.name, fn, args, op.kwargs))
+            return fired
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+    def __call__(self, frames: list[Image.Image], seed: int) -> list[Image.Image]:
+        for _name, fn, args, kwargs in self.draw(seed):
+            frames = [fn(frame, *args, **kwargs) for frame in frames]
+        return frames
 
 
 def erase_tube(
@@ -139,21 +169,59 @@ def erase_tube(
     return clip
 
 
+def reference_crop_box(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = REFERENCE_RATIO,
+) -> tuple[int, int, int, int]:
+    """Integer box (top, left, h, w) of the reference's random resized crop on the frame
+    itself (no short-side jitter): 10 tries of area `scale` and log-uniform `ratio`, then
+    the centre crop with the ratio clamped (VideoMAE's `_get_param_spatial_crop`)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = rng.uniform(*scale) * area
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resize_bilinear(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of the last two dims, half-pixel centres, no antialiasing (the
+    reference's `F.interpolate(..., align_corners=False)`, = OpenCV INTER_LINEAR)."""
+    lead = clip.shape[:-2]
+    flat = clip.reshape(-1, 1, *clip.shape[-2:])  # (N, 1, h, w)
+    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=False)
+    return out.reshape(*lead, *size)
+
+
 @dataclass
 class TrainTransform:
-    """Training augmentation of one clip; `rng` decides every random choice."""
+    """Training augmentation of one clip in the reference's order; `rng` decides every
+    random choice (RandAugment draws come from a seed taken from `rng`)."""
 
     input_size: int = 224
     flip: bool = True
     auto_augment: str | None = None
-    interpolation: str = "bicubic"
+    interpolation: str = "bicubic"  # RandAugment's geometric ops (--train_interpolation)
     reprob: float = 0.0
     remode: str = "pixel"
     recount: int = 1
     crop_scale: tuple[float, float] = (0.08, 1.0)  # area range of the random resized crop
 
     def __post_init__(self) -> None:
-        self._resample = _PIL_INTERP.get(self.interpolation, Image.Resampling.BICUBIC)
         self._rand_augment = (
             ClipRandAugment(self.auto_augment, self.input_size, self.interpolation)
             if self.auto_augment
@@ -162,43 +230,52 @@ class TrainTransform:
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         _, height, width, _ = frames.shape  # (T, H, W, 3)
-        box = sample_crop_box(height, width, self.input_size, rng, tuple(self.crop_scale))
-        flip = self.flip and rng.random() < 0.5
-        seed = int(rng.integers(2**31))
-        size = (self.input_size, self.input_size)
-        images = [Image.fromarray(f).resize(size, self._resample, box=box) for f in frames]
-        if flip:
-            images = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
         if self._rand_augment is not None:
-            images = self._rand_augment(images, seed)
-        clip = normalize(np.stack([np.asarray(im) for im in images]))  # (3, T, S, S)
+            seed = int(rng.integers(2**31))
+            images = self._rand_augment([Image.fromarray(f) for f in frames], seed)
+            frames = np.stack([np.asarray(im) for im in images])
+        top, left, h, w = reference_crop_box(height, width, rng, tuple(self.crop_scale))
+        # normalising is per-channel affine, so it commutes with the crop and the bilinear
+        # weights (which sum to 1): normalise only the box, same values as frame-then-crop
+        clip = normalize(frames[:, top : top + h, left : left + w])  # (3, T, h, w)
+        clip = resize_bilinear(clip, (self.input_size, self.input_size))  # (3, T, S, S)
+        if self.flip and rng.random() < 0.5:
+            clip = clip.flip(-1)
         if self.reprob > 0 and rng.random() < self.reprob:
             clip = erase_tube(clip, rng, self.remode, self.recount)
-        return clip
+        return clip.contiguous()
+
+
+def short_side_sizes(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) with the short side `size` and the long side floored, as the reference's
+    `get_resize_sizes`: 320x240 -> 298x224."""
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
 
 
 def resize_short_side(frames: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> uint8 (T, 3, h, w) with min(h, w) == size (bilinear, antialias)."""
+    """uint8 (T, H, W, 3) -> uint8 (T, 3, h, w), short side `size`, OpenCV INTER_LINEAR
+    semantics (bilinear, half-pixel centres, no antialiasing, rounded); no resize when the
+    short side already equals `size`."""
     t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
     height, width = t.shape[-2:]
-    if min(height, width) == size:
+    if (width <= height and width == size) or (height <= width and height == size):
         return t
-    if height <= width:
-        new = (size, max(round(width * size / height), size))
-    else:
-        new = (max(round(height * size / width), size), size)
-    return TF.resize(t.contiguous(), list(new), antialias=True)
+    out = resize_bilinear(t.float(), short_side_sizes(height, width, size))
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def spatial_view(resized: torch.Tensor, input_size: int, crop: int, num_crops: int) -> torch.Tensor:
-    """Crop `crop` of `num_crops` of a resized uint8 (T, 3, h, w) clip, evenly placed along the
-    long side and centred on the short side; returns normalised float (3, T, S, S)."""
+    """Crop `crop` of `num_crops` of a resized uint8 (T, 3, h, w) clip, placed along the
+    long side by `crop_starts` and centred on the short side; normalised float (3, T, S, S)."""
     height, width = resized.shape[-2:]
-    if height > width:
-        top, left = crop_starts(height, input_size, num_crops)[crop], (width - input_size) // 2
+    if height >= width:  # the reference crops along the height when h >= w
+        top = crop_starts(height, input_size, num_crops)[crop]
+        left = crop_starts(width, input_size, 1)[0]
     else:
-        top, left = (height - input_size) // 2, crop_starts(width, input_size, num_crops)[crop]
-    top, left = max(top, 0), max(left, 0)
+        top = crop_starts(height, input_size, 1)[0]
+        left = crop_starts(width, input_size, num_crops)[crop]
     view = resized[:, :, top : top + input_size, left : left + input_size]
     return normalize(view.permute(0, 2, 3, 1))  # (T, S, S, 3) -> (3, T, S, S)
 
