@@ -85,3 +85,38 @@ def test_profile_subcommand_registers_flags_and_rejects_bad_options(capsys):
     )
     assert bad.func(bad) == 2
     assert "--lora_rank must be an integer >= 1" in capsys.readouterr().out
+
+
+def test_meta_rows_count_params_and_flops_without_running(tmp_path):
+    from aptune.commands.profile import size_methods
+
+    rows = size_methods("vit_nano", ["prompt", "linear"], 4, 32, C, {"prompt_num_tokens": P})
+    by = {r["method"]: r for r in rows}
+    assert by["linear"]["fwd_gflops"] * 1e9 == pytest.approx(forward_flops(N, N))
+    assert by["prompt"]["fwd_gflops"] * 1e9 == pytest.approx(forward_flops(N, N + P))
+    head = 2 * D + D * C + C
+    assert by["prompt"]["trainable_params"] == head + DEPTH * 2 * P * (D // 2)
+    assert by["prompt"]["ckpt_bytes"] == 4 * by["prompt"]["trainable_params"]
+    assert by["prompt"]["train_gflops"] > by["prompt"]["fwd_gflops"]
+    argv = "--meta --model vit_nano --num_frames 4 --input_size 32 --nb_classes 4"
+    assert (
+        main([*argv.split(), "--methods", "prompt", "--token_sweep", "", "--out", str(tmp_path)])
+        == 0
+    )
+    md = (tmp_path / "profile.md").read_text()
+    assert "counted on meta tensors" in md and "| prompt | " in md and "inference s/clip" not in md
+    assert (tmp_path / "profile.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_giant_sized_on_meta_in_closed_form():
+    """VideoMAE V2 ViT-g: 1408 wide, 40 blocks, MLP 6144, patch 14 -> 2048 tokens."""
+    from aptune.commands.profile import size_methods
+
+    (row,) = size_methods("vit_giant_patch14_224", ["linear"], num_classes=400)
+    d, n, hidden = 1408, 8 * 16 * 16, 6144
+    conv = 2 * n * d * (3 * 2 * 14 * 14)
+    block = 2 * n * (4 * d * d + 2 * d * hidden) + 2 * 2 * n * n * d
+    assert row["fwd_gflops"] * 1e9 == pytest.approx(conv + 40 * block + 2 * d * 400)
+    assert row["backbone_params"] == (3 * 2 * 14 * 14 + 1) * d + 40 * (
+        4 * d * d + 2 * d * hidden + 8 * d + hidden
+    )

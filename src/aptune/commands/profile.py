@@ -34,55 +34,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from aptune.commands.profile_flops import (  # noqa: F401 - re-exported for callers
+    count_flops,
+    count_inference_flops,
+    flops_sweep,
+    size_methods,
+)
 
 DEFAULT_METHODS = "prompt,vpt_deep,adapter,lora,linear,end2end"
 DEFAULT_SWEEP = "1,2,50,100,200,400"
-
-
-# -- FLOPs ------------------------------------------------------------------------------
-def _sdpa_fwd(q, k, v, *args, out_shape=None, **kwargs) -> int:  # shapes, not tensors
-    return sdpa_flop_count(q, k, v)
-
-
-def _sdpa_bwd(grad, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad, q, k, v)
-
-
-def _flop_mapping() -> dict[Any, Callable[..., int]]:
-    """SDPA's CPU kernels, which FlopCounterMode would count as zero."""
-    aten, mapping = torch.ops.aten, {}
-    for name, fn in (
-        ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_fwd),
-        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_bwd),
-    ):
-        if hasattr(aten, name):
-            mapping[getattr(aten, name)] = fn
-    return mapping
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of everything ``fn`` runs (forward, backward), multiply-add = 2 FLOPs."""
-    with FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def count_inference_flops(model: torch.nn.Module, fn: Callable[[], object]) -> int:
-    """``count_flops`` with every ``requires_grad`` off while it runs.
-
-    FlopCounterMode's module tracker asserts on views of trainable parameters taken under
-    ``no_grad`` (in this torch they still report ``requires_grad``); inference needs no
-    grad flags, so they are switched off and restored.
-    """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        return count_flops(fn)
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 # -- memory -----------------------------------------------------------------------------
@@ -257,34 +218,6 @@ def profile_methods(
     return rows
 
 
-def flops_sweep(
-    model_name: str,
-    tokens: list[int],
-    num_frames: int = 16,
-    input_size: int = 224,
-    num_classes: int = 174,
-) -> list[dict]:
-    """Forward GFLOPs per clip of APT and VPT-deep by prompt count (meta tensors, instant)."""
-    import aptune
-
-    def gflops(transfer_type: str, **options: Any) -> float:
-        with torch.device("meta"):
-            model = aptune.build_model(
-                model_name, num_classes=num_classes, transfer_type=transfer_type,
-                num_frames=num_frames, input_size=input_size, **options,
-            ).eval()  # fmt: skip
-            x = torch.empty(1, 3, num_frames, input_size, input_size)
-            with torch.no_grad():
-                return count_inference_flops(model, lambda: model(x)) / 1e9
-
-    base = gflops("linear")
-    rows = [{"tokens": 0, "prompt": base, "vpt_deep": base, "linear": base}]
-    for n in tokens:
-        apt, vpt = gflops("prompt", prompt_num_tokens=n), gflops("vpt_deep", vpt_num_tokens=n)
-        rows.append({"tokens": n, "prompt": apt, "vpt_deep": vpt, "linear": base})
-    return rows
-
-
 # -- CLI --------------------------------------------------------------------------------
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from aptune.tuning.flags import add_method_flags
@@ -306,6 +239,12 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--token_sweep",
         default=DEFAULT_SWEEP,
         help="prompt counts for the APT vs VPT-deep FLOP sweep ('' to skip)",
+    )
+    p.add_argument(
+        "--meta",
+        action="store_true",
+        help="parameters and counted FLOPs only, on meta tensors: no memory, no timing "
+        "(sizes e.g. vit_giant_patch14_224 on any machine)",
     )
     p.add_argument("--out", default="profile", help="directory for profile.{md,json,png}")
     add_method_flags(p)
@@ -332,7 +271,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def run_profile(args: argparse.Namespace) -> int:
     from aptune.commands.profile_report import write_outputs
-    from aptune.tuning import METHODS, TuningConfigError
+    from aptune.tuning import METHODS, TuningConfigError, parse_transfer_type
 
     fields = [(cfg, f) for cfg in METHODS.values() for f in dataclasses.fields(cfg)]
     flags = {cfg.flag_prefix() + f.name for cfg, f in fields}
@@ -352,17 +291,24 @@ def run_profile(args: argparse.Namespace) -> int:
         torch=torch.__version__, cpu=platform.processor() or platform.machine(),
         cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M"),
     )  # fmt: skip
+    settings["meta"] = bool(args.meta)
     try:
-        rows = profile_methods(
-            args.model, methods, args.num_frames, args.input_size, args.batch_size,
-            args.nb_classes, options, args.repeats, args.bf16, threads=args.threads,
-        )  # fmt: skip
+        if args.meta:
+            for method in methods:  # fail on a bad name or option before any work
+                parse_transfer_type(method, options)
+            rows = size_methods(args.model, methods, args.num_frames, args.input_size,
+                                args.nb_classes, options)  # fmt: skip
+        else:
+            rows = profile_methods(
+                args.model, methods, args.num_frames, args.input_size, args.batch_size,
+                args.nb_classes, options, args.repeats, args.bf16, threads=args.threads,
+            )  # fmt: skip
     except TuningConfigError as exc:
         print(f"error: {exc}")
         return 2
     sweep = flops_sweep(args.model, sweep_tokens, args.num_frames, args.input_size,
                         args.nb_classes) if sweep_tokens else []  # fmt: skip
-    settings["threads"] = rows[0]["threads"] if rows else None
+    settings["threads"] = rows[0].get("threads") if rows else None
     paths = write_outputs(Path(args.out), settings, rows, sweep)
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))

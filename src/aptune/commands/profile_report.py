@@ -28,8 +28,36 @@ def _seconds(s: float) -> str:
     return f"{s:.3f}" if s >= 0.01 else f"{s * 1000:.2f} ms"
 
 
+def meta_table(settings: dict[str, Any], rows: list[dict]) -> list[str]:
+    """``--meta`` rows: sizes and counted FLOPs only (nothing was run or timed)."""
+    lines = [
+        f"### `{settings['model']}`, {settings['num_frames']}x{settings['input_size']}, "
+        f"{settings['nb_classes']} classes, counted on meta tensors (no timing, no memory)",
+        "",
+        "| method | tunable params | % of backbone | backbone params | fwd GFLOPs/clip "
+        "| fwd vs linear | train-step GFLOPs/clip | trainable ckpt (fp32) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        rel = f"x{r['fwd_vs_linear']:.4f}" if r.get("fwd_vs_linear") else "-"
+        lines.append(
+            f"| {r['method']} | {r['trainable_params']:,} | {r['trainable_pct']:.3f}% "
+            f"| {r['backbone_params']:,} | {_g(r['fwd_gflops'])} | {rel} "
+            f"| {_g(r['train_gflops'])} | {_size(r['ckpt_bytes'])} |"
+        )
+    lines += [
+        "",
+        "Tunable params include `fc_norm` + `head`; % is of the backbone without head. GFLOPs "
+        "per clip counted by `torch.utils.flop_counter.FlopCounterMode` on meta tensors "
+        "(multiply-add = 2, SDPA included); the train step is forward + backward.",
+    ]
+    return lines
+
+
 def markdown(settings: dict[str, Any], rows: list[dict], sweep: list[dict]) -> str:
     """The table users read, plus the settings that produced it."""
+    if settings.get("meta"):
+        return _tail(meta_table(settings, rows), settings, sweep)
     precision = "bf16 autocast" if settings.get("bf16") else "fp32"
     lines = [
         f"### `{settings['model']}`, {settings['num_frames']}x{settings['input_size']}, "
@@ -61,6 +89,11 @@ def markdown(settings: dict[str, Any], rows: list[dict], sweep: list[dict]) -> s
         "the RSS before it (activations, gradients, AdamW state). Checkpoint: safetensors of "
         "the trainable tensors only (fp32).",
     ]
+    return _tail(lines, settings, sweep)
+
+
+def _tail(lines: list[str], settings: dict[str, Any], sweep: list[dict]) -> str:
+    """The FLOP sweep table and the command line, under either main table."""
     if sweep:
         base = sweep[0]["linear"]
         lines += [
@@ -88,8 +121,10 @@ def plot(path: Path, rows: list[dict], sweep: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 3 if sweep else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2))
+    timed = all("train_s_per_clip" in r for r in rows)  # --meta rows have no times
+    panels = 1 + int(timed) + int(bool(sweep))
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
+    axes = list(axes[0])
     ax = axes[0]
     for r in rows:
         ax.scatter(r["trainable_params"], r["fwd_gflops"], s=40)
@@ -100,7 +135,16 @@ def plot(path: Path, rows: list[dict], sweep: list[dict]) -> None:
     ax.set_ylabel("forward GFLOPs / clip")
     ax.set_title("cost of inference vs tunable size")
 
-    ax = axes[1]
+    for ax in axes[1 : 1 + int(timed)]:
+        _time_panel(ax, rows)
+    if sweep:
+        _sweep_panel(axes[-1], sweep)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _time_panel(ax: Any, rows: list[dict]) -> None:
     names = [r["method"] for r in rows]
     ys = range(len(rows))
     ax.barh([y + 0.2 for y in ys], [r["train_s_per_clip"] for r in rows], 0.4, label="train step")
@@ -111,19 +155,16 @@ def plot(path: Path, rows: list[dict], sweep: list[dict]) -> None:
     ax.set_title("measured time")
     ax.legend(fontsize=8)
 
-    if sweep:
-        ax = axes[2]
-        tokens = [s["tokens"] for s in sweep]
-        ax.plot(tokens, [s["prompt"] for s in sweep], "o-", label="APT (prompt)")
-        ax.plot(tokens, [s["vpt_deep"] for s in sweep], "s-", label="VPT-deep")
-        ax.plot(tokens, [s["linear"] for s in sweep], "k--", lw=1, label="frozen backbone")
-        ax.set_xlabel("prompt tokens")
-        ax.set_ylabel("forward GFLOPs / clip")
-        ax.set_title("FLOPs vs prompt count")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+def _sweep_panel(ax: Any, sweep: list[dict]) -> None:
+    tokens = [s["tokens"] for s in sweep]
+    ax.plot(tokens, [s["prompt"] for s in sweep], "o-", label="APT (prompt)")
+    ax.plot(tokens, [s["vpt_deep"] for s in sweep], "s-", label="VPT-deep")
+    ax.plot(tokens, [s["linear"] for s in sweep], "k--", lw=1, label="frozen backbone")
+    ax.set_xlabel("prompt tokens")
+    ax.set_ylabel("forward GFLOPs / clip")
+    ax.set_title("FLOPs vs prompt count")
+    ax.legend(fontsize=8)
 
 
 def write_outputs(
