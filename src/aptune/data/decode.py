@@ -1,24 +1,30 @@
 """Video decoding behind one small interface: PyAV (default), decord (optional), JPEG folders.
 
 `open_video(path, backend)` returns a reader with `num_frames`, `fps` and
-`get_frames(indices) -> uint8 ndarray (T, H, W, 3)`. The PyAV reader demuxes packets once
-(cheap: no decoding) to get the true frame count and presentation order even when the
-container header lies or is silent (webm/vp9), then seeks to the keyframe before each run of
-wanted frames and decodes forward only as far as the last wanted one.
+`get_frames(indices) -> uint8 ndarray (T, H, W, 3)`. Every reader is frame-exact: frame `i`
+is byte for byte frame `i` of one sequential decode (the order a player shows them) and
+`num_frames` is the number of frames that decode yields. The PyAV reader demuxes packets
+once (cheap: no decoding) to find every keyframe's display position (AVI stores none: see
+`PyAVReader`), then seeks to the keyframe before each run of wanted frames and decodes
+forward only as far as the last wanted one. decord is not exact on AVIs with B-frames, so
+`auto` reads AVI files with PyAV.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import importlib.util
+import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import VideoDecodeError
+from .mpeg4 import mpeg4_positions
 
 log = logging.getLogger("aptune.data")
 BACKENDS = ("auto", "pyav", "decord", "frames")
@@ -79,20 +85,28 @@ class VideoReader:
         self.close()
 
 
+# Containers whose packets carry no presentation order: FFmpeg guesses their timestamps.
+_UNTIMED_FORMATS = {"avi", "h264", "hevc", "m4v", "mpegvideo", "h263", "mjpeg", "rawvideo"}
+
+
 class PyAVReader(VideoReader):
-    """PyAV reader with a packet index: exact frame count, seek to keyframes, decode forward."""
+    """PyAV reader, frame-exact: `get_frames(ix)` equals frames `ix` of a sequential decode.
+
+    One demux pass at open (no decoding) indexes the packets in decode order and finds the
+    display position of every keyframe: from the packet timestamps where the container stores
+    presentation times (mp4, mkv, webm), otherwise (AVI, raw streams) by counting the frames
+    the decoder yields before it (MPEG-4 part 2 packets are parsed for picture types, packed
+    B-frames and N-VOPs). Reading seeks to the keyframe before the wanted frames, skips
+    packets up to it (the container's seek may land earlier), decodes forward and numbers the
+    decoder's output from that keyframe on; frames before it in display order (open-GOP
+    leading B-frames) are dropped, as they cannot be decoded from here.
+    """
 
     def __init__(self, path: str, threads: int = 1) -> None:
-        import av
-
-        self.path = path
+        self.path, self._threads = path, threads
         _check_file(path)
         try:
-            self._container = av.open(path)
-            if not self._container.streams.video:
-                raise VideoDecodeError(f"no video stream in {path}")
-            self._stream = self._container.streams.video[0]
-            self._stream.thread_count = threads
+            self._open()
             self._index_packets()
         except VideoDecodeError:
             self.close()
@@ -101,69 +115,152 @@ class PyAVReader(VideoReader):
             self.close()
             raise VideoDecodeError(f"cannot open video {path}: {_one_line(exc)}") from exc
 
+    def _open(self) -> None:
+        import av
+
+        self.close()
+        self._container = av.open(self.path)
+        if not self._container.streams.video:
+            raise VideoDecodeError(f"no video stream in {self.path}")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_count = self._threads
+
     def _index_packets(self) -> None:
-        """Demux once (no decoding): presentation timestamps in order and keyframe positions."""
+        """Demux once: packet identities, seek targets, keyframes and their display positions."""
         stream = self._stream
-        pts_key = []
+        untimed = bool(set(self._container.format.name.split(",")) & _UNTIMED_FORMATS)
+        parse = untimed and stream.codec_context.name == "mpeg4"
+        rows, payloads = [], []
         for packet in self._container.demux(stream):
             if packet.size == 0:
                 continue
-            ts = packet.pts if packet.pts is not None else packet.dts
-            pts_key.append((ts if ts is not None else len(pts_key), bool(packet.is_keyframe)))
-        if not pts_key:
+            rows.append((packet.pts, packet.dts, packet.pos, bool(packet.is_keyframe)))
+            if parse:
+                payloads.append(bytes(packet))
+        if not rows:
             raise VideoDecodeError(f"video has no frames: {self.path}")
-        pts_key.sort()
-        self._pts = [p for p, _ in pts_key]
-        self._pts_to_index = {p: i for i, p in enumerate(self._pts)}
-        self._keyframes = [i for i, (_, k) in enumerate(pts_key) if k] or [0]
-        self.num_frames = len(self._pts)
+        pts, dts, pos, key = (list(column) for column in zip(*rows))
+        self._ident = None  # how a packet met again after a seek is recognised
+        for kind, values in (("dts", dts), ("pos", pos)):
+            if None not in values and len(set(values)) == len(values):
+                self._ident, self._ids = kind, {v: i for i, v in enumerate(values)}
+                break
+        self._seek_ts = [d if d is not None else p for p, d in zip(pts, dts)]
+        keyframes = [i for i, k in enumerate(key) if k] or [0]
+        self._rank: dict[int, int] | None = None  # pts -> display position, where pts are real
+        self._skip: dict[int, range] = {}  # keyframe packet -> packets not to decode after it
+        if not untimed and None not in pts and len(set(pts)) == len(pts):
+            self._rank = {p: i for i, p in enumerate(sorted(pts))}
+            self.num_frames, first = len(pts), [self._rank[p] for p in pts]
+        elif parse:
+            extradata = stream.codec_context.extradata or b""
+            self.num_frames, first, self._skip = mpeg4_positions(payloads, extradata)
+        else:  # every packet one frame, keyframes close their GOP (IDR): count packets
+            self.num_frames, first = len(rows), list(range(len(rows)))
+        starts = sorted((first[k], k) for k in keyframes if first[k] is not None)
+        if not starts or self.num_frames == 0:
+            raise VideoDecodeError(f"video has no decodable frames: {self.path}")
+        self._key_pos = [s for s, _ in starts]  # display position of each usable keyframe
+        self._key_packet = [k for _, k in starts]  # its decode index
         rate = stream.average_rate or stream.guessed_rate
         if rate:
             self.fps = float(rate)
         else:  # no rate in the header: frames over the span of timestamps
-            span = float((self._pts[-1] - self._pts[0]) * stream.time_base) if self._pts else 0
+            ts = [t for t in pts if t is not None]
+            span = float((max(ts) - min(ts)) * stream.time_base) if ts else 0.0
             self.fps = (self.num_frames - 1) / span if span > 0 else 0.0
 
-    def _frame_index(self, frame) -> int:
-        ts = frame.pts if frame.pts is not None else frame.dts
-        idx = self._pts_to_index.get(ts)
-        if idx is None:  # timestamps not matching packets: nearest earlier packet
-            idx = max(bisect.bisect_right(self._pts, ts if ts is not None else -1) - 1, 0)
-        return idx
+    def _packets_from(self, first: int) -> Iterator[tuple[int, object]]:
+        """(decode index, packet) from packet `first` on: seek, then skip to it exactly."""
+        import av
 
-    def _seek_to(self, index: int) -> None:
-        key = self._keyframes[bisect.bisect_right(self._keyframes, index) - 1]
-        self._container.seek(self._pts[key], stream=self._stream, backward=True, any_frame=False)
+        for attempt in ("seek", "reopen"):
+            if attempt == "seek":
+                if self._ident is None:
+                    continue
+                try:
+                    self._container.seek(
+                        self._seek_ts[first], stream=self._stream, backward=True, any_frame=False
+                    )
+                except av.FFmpegError:
+                    continue
+            else:  # from the start: packets counted, no seek needed
+                self._open()
+            index = -1
+            found = False
+            for packet in self._container.demux(self._stream):
+                if packet.size == 0:
+                    continue
+                if found:
+                    index += 1
+                elif attempt == "reopen":
+                    index += 1
+                    found = index == first
+                else:
+                    index = self._ids.get(getattr(packet, self._ident), -1)
+                    if index > first:  # the seek went past the keyframe: start over
+                        break
+                    found = index == first
+                if found:
+                    yield index, packet
+            if found:
+                return
+        raise VideoDecodeError(f"cannot reach packet {first} of {self.path}")
+
+    def _frames_from(self, k: int) -> Iterator[tuple[int, object]]:
+        """(display position, frame) in display order, from usable keyframe number `k` on."""
+        first, start = self._key_packet[k], self._key_pos[k]
+        packets = self._packets_from(first)
+        codec = self._stream.codec_context
+        codec.flush_buffers()
+        last: int | None = None
+        skip = self._skip.get(first, range(0))
+        for index, packet in itertools.chain(packets, [(None, None)]):
+            if index in skip:
+                continue
+            if packet is not None and self._rank is None:
+                packet.pts = index  # tag: the decoder passes it on to the frame it starts
+            for frame in codec.decode(packet):
+                at = self._position(frame, first, start, last)
+                if at is not None:
+                    last = at
+                    yield at, frame
+
+    def _position(self, frame, first: int, start: int, last: int | None) -> int | None:
+        """Display position of a decoded frame; None for frames before the keyframe."""
+        if self._rank is None:  # counting: the keyframe's frame carries its packet's tag
+            if last is not None:
+                return last + 1
+            return start if frame.pts == first or frame.key_frame else None
+        at = self._rank.get(frame.pts)
+        if last is None:
+            return at if at is not None and at >= start else None
+        return at if at is not None and at > last else last + 1  # keep the order monotone
 
     def _read(self, wanted: list[int]) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
-        todo = list(wanted)
-        self._seek_to(todo[0])
-        last = None
+        todo = collections.deque(wanted)
         while todo:
-            progressed = False
-            for frame in self._container.decode(self._stream):
+            k = max(bisect.bisect_right(self._key_pos, todo[0]) - 1, 0)
+            last = None
+            for at, frame in self._frames_from(k):
                 self.frames_decoded += 1
-                idx = self._frame_index(frame)
-                last, progressed = frame, True
-                if todo[0] <= idx:  # `<` too: fills indices a lying container skipped
+                last = frame
+                if at >= todo[0]:  # `>` too: fills positions a decoder skipped
                     array = frame.to_ndarray(format="rgb24")
-                    while todo and todo[0] <= idx:
-                        out[todo.pop(0)] = array
-                if not todo:
+                    while todo and todo[0] <= at:
+                        out[todo.popleft()] = array
+                    if not todo:
+                        break
+                nearest = bisect.bisect_right(self._key_pos, todo[0]) - 1
+                if nearest > k and self._key_pos[nearest] > at + 1:  # seeking is shorter
                     break
-                next_key = self._keyframes[bisect.bisect_right(self._keyframes, todo[0]) - 1]
-                if next_key > idx + 1:  # a keyframe lies between here and the next wanted frame
-                    self._seek_to(todo[0])
-                    break
-            else:  # stream ended before the wanted frames: repeat the last decoded frame
+            else:  # the stream ended first (a container that over-counts): repeat the last frame
                 if last is None:
                     raise VideoDecodeError(f"no frame could be decoded from {self.path}")
                 array = last.to_ndarray(format="rgb24")
                 out.update((i, array) for i in todo)
-                todo = []
-            if not progressed and todo:
-                raise VideoDecodeError(f"decoder produced no frames for {self.path}")
+                todo.clear()
         return out
 
     def close(self) -> None:
@@ -229,7 +326,8 @@ class FramesReader(VideoReader):
 
 
 def resolve_backend(path: str | os.PathLike, backend: str = "auto") -> str:
-    """The backend that will read `path`: folders are frames; auto prefers decord if installed."""
+    """The backend that will read `path`: folders are frames; auto prefers decord if installed,
+    except for AVI files (decord is not frame-exact on AVIs with B-frames)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "decord" and not decord_available():
@@ -241,6 +339,8 @@ def resolve_backend(path: str | os.PathLike, backend: str = "auto") -> str:
         return backend
     if Path(path).is_dir():
         return "frames"
+    if Path(path).suffix.lower() == ".avi":  # decord returns wrong frames of AVIs with B-frames
+        return "pyav"
     return "decord" if decord_available() else "pyav"
 
 
