@@ -108,6 +108,7 @@ def test_meta_rows_count_params_and_flops_without_running(tmp_path):
     assert (tmp_path / "profile.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # ~4 s idle: FlopCounterMode walks 40 wide blocks
 def test_giant_sized_on_meta_in_closed_form():
     """VideoMAE V2 ViT-g: 1408 wide, 40 blocks, MLP 6144, patch 14 -> 2048 tokens."""
     from aptune.commands.profile import size_methods

@@ -5,7 +5,9 @@ are appended to that block's keys and values, shared by all heads; queries remai
 data tokens, so the sequence length (and every later cost) is unchanged - the point of
 APT compared with VPT. Stored as ``kv_prompts.prompt_embeddings_{k,v}`` (L, n, d) and
 ``kv_prompts.prompt_scale`` (L, 2, n): the reference's tensor layout, so its checkpoints
-load by renaming only.
+load by renaming only. On a VideoMAE V2 backbone with cosine attention the prompt keys are
+L2-normalised together with the data keys (``Attention.forward`` normalises after the
+concatenation), so a prompt competes on direction, not on length.
 """
 
 from __future__ import annotations
