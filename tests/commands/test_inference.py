@@ -205,3 +205,18 @@ def test_extract_list_counts_unreadable_and_resumes(trained_run, square_data, tm
     extract_features(open_run(trained_run, "last"), good, single, progress=False)
     with safe_open(str(single), "pt") as f:
         assert torch.allclose(f.get_tensor("features"), feats, atol=1e-6)
+
+
+def test_extract_with_model_and_finetune_equals_the_run(trained_run, square_data, tmp_path):
+    videos = sorted(str(p) for p in (square_data / "videos" / "test").glob("*.mp4"))[:2]
+    by_run, by_ckpt = tmp_path / "run.safetensors", tmp_path / "ckpt.safetensors"
+    quiet = ["--no_progress"]
+    assert main(["extract", *videos, "--run", str(trained_run), "--out", str(by_run), *quiet]) == 0
+    flags = ("--nb_classes 4 --num_frames 8 --input_size 32 --short_side_size 32 "
+             "--data_set SSV2 --test_num_segment 2 --test_num_crop 2")  # fmt: skip
+    ckpt = trained_run / "checkpoint-best" / "model.safetensors"
+    assert main(["extract", *videos, "--model", "vit_nano", "--finetune", str(ckpt),
+                 "--flags", flags, "--out", str(by_ckpt), *quiet]) == 0  # fmt: skip
+    with safe_open(str(by_run), "pt") as a, safe_open(str(by_ckpt), "pt") as b:
+        assert torch.equal(a.get_tensor("features"), b.get_tensor("features"))
+    assert main(["extract", *videos, "--model", "vit_nano", "--out", str(by_ckpt)]) == 2

@@ -78,7 +78,9 @@ def model_from_flags(model: str, finetune: str, flags: str, device: torch.device
     from aptune.engine.builders import build_run_model
     from aptune.engine.distributed import DistInfo
 
-    argv = ["--model", model, "--finetune", finetune, *shlex.split(flags or "")]
+    # the whole checkpoint is the model unless --flags names a method (a later flag wins)
+    argv = ["--model", model, "--finetune", finetune, "--transfer_type", "end2end"]
+    argv += shlex.split(flags or "")
     args = finalize(build_train_parser().parse_args(argv))
     net = build_run_model(args, DistInfo(device=device)).eval()
     return TrainedRun(args, net, [str(i) for i in range(args.nb_classes)], "finetune", device)
@@ -222,6 +224,7 @@ def _merge_parts(
     tensors = {k: torch.cat(v) for k, v in merged.items()}
     index = tensors.pop("index", torch.zeros(0, dtype=torch.int64))
     if not len(index):
+        shutil.rmtree(parts_dir)
         raise DataError(f"no video could be read ({len(failed)} unreadable); nothing written")
     args = trained.args
     meta = {
