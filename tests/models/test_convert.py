@@ -358,3 +358,33 @@ def test_convert_state_dict_renames_only(ckpt) -> None:
     sd, fmt = convert_state_dict({f"backbone.{k}": v for k, v in ckpt.backbone_sd(0).items()})
     assert fmt == "videomae-finetune" and sorted(sd) == sorted(ckpt.backbone_sd(0))
     assert math.isclose(float(sd["head.bias"][0]), float(ckpt.backbone_sd(0)["head.bias"][0]))
+
+
+def test_aptune_checkpoint_folder_is_not_taken_for_a_hugging_face_folder(tmp_path: Path) -> None:
+    """A run's checkpoint-N/ holds config.json (run flags) + model.safetensors too."""
+    import json
+
+    from safetensors.torch import save_file
+
+    import aptune
+    from aptune.models.checkpoint_io import is_hf_folder
+
+    sd = {k: v.contiguous() for k, v in backbone_sd_for_folder().items()}
+    folder = tmp_path / "checkpoint-best"
+    folder.mkdir()
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "aptune"})
+    (folder / "config.json").write_text(json.dumps({"model": "vit_nano", "nb_classes": 5}))
+    assert not is_hf_folder(folder)
+    model = aptune.build_model(
+        "vit_nano", num_classes=5, num_frames=4, input_size=32, checkpoint=folder
+    )
+    assert model.embed_dim == 64  # not transformers' default 768 from a "config.json"
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight, sd["blocks.1.attn.qkv.weight"])
+
+
+def backbone_sd_for_folder() -> dict:
+    g = torch.Generator().manual_seed(11)
+    model = VisionTransformer(
+        embed_dim=64, depth=2, num_heads=2, num_frames=4, img_size=32, num_classes=5
+    )
+    return {k: torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}

@@ -55,13 +55,17 @@ SAFE_GLOBALS: list[Any] = [argparse.Namespace, OrderedDict, torch.Size] + [
 
 
 def is_hf_folder(path: str | Path) -> bool:
-    """A folder with ``config.json`` and HF weights (``save_pretrained`` output)."""
+    """A folder with HF weights and a transformers ``config.json`` (``save_pretrained``
+    output). The config must name its ``model_type``/``architectures``: an aptune
+    checkpoint folder also holds ``config.json`` + ``model.safetensors``, with run flags."""
     p = Path(path)
-    return (
-        p.is_dir()
-        and (p / "config.json").is_file()
-        and any((p / n).is_file() for n in HF_WEIGHT_FILES)
-    )
+    if not (p.is_dir() and any((p / n).is_file() for n in HF_WEIGHT_FILES)):
+        return False
+    try:
+        cfg = json.loads((p / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(cfg, dict) and ("model_type" in cfg or "architectures" in cfg)
 
 
 def read_json(path: Path) -> dict:
