@@ -8,12 +8,19 @@ A checkpoint is a folder ``output_dir/checkpoint-NNNN/`` (or ``checkpoint-best``
     state.pt            optimizer, AMP scaler, RNG states, ``extra`` (global step, best
                         metric ...): plain types only, read with ``weights_only=True``
     config.json         the resolved run config, so the folder rebuilds its model
-    COMPLETE            written last: JSON with every file's size
+    COMPLETE            written last: JSON with every file's size and sha256
+
+Mid-epoch checkpoints (``--save_ckpt_steps``, preemption) are named
+``checkpoint-EEEE-stepSSSSSS``: epoch EEEE in progress, SSSSSS optimiser steps of it done;
+they sort before ``checkpoint-EEEE``. Readers verify every sha256; a corrupt folder is
+named in one line and the next newest verified one is used.
 
 The folder is written under a ``.tmp-checkpoint-*`` name and renamed into place only when
 complete, so a run killed at any moment leaves either the old or the new checkpoint,
-never a half one; :func:`find_latest_checkpoint` still verifies marker, sizes and headers
-because disks and users do strange things. One writer (rank 0) per ``output_dir``.
+never a half one; :func:`find_latest_checkpoint` still verifies marker, hashes and headers
+because disks and users do strange things. One writer (rank 0) per ``output_dir``. A full
+disk or an I/O error is one line (:class:`CheckpointWriteError`) and the temporary
+folder is removed; the previous checkpoint is untouched.
 
 RNG state is the writing process's; in a multi-process run the other ranks should reseed
 (``seed + rank``) rather than restore rank 0's stream.
@@ -38,6 +45,14 @@ from safetensors import safe_open
 from torch import nn
 
 from aptune.engine.distributed import unwrap
+from aptune.engine.integrity import (
+    IntegrityError,
+    free_bytes,
+    human,
+    is_disk_error,
+    manifest,
+    verify_files,
+)
 from aptune.engine.weights import (
     FORMAT,
     MODEL_FILE,
@@ -55,9 +70,10 @@ from aptune.engine.weights import (
 from aptune.models.checkpoint_io import CheckpointError
 
 __all__ = [
-    "FORMAT", "MODEL_FILE", "ResumeError", "capture_rng", "check_complete",
-    "find_latest_checkpoint", "load_model_weights", "load_training_state", "model_tensors",
-    "restore_rng", "save_best", "save_model_weights", "save_training_state",
+    "FORMAT", "MODEL_FILE", "CheckpointWriteError", "ResumeError", "capture_rng",
+    "check_complete", "checkpoint_folders", "checkpoint_name", "find_latest_checkpoint",
+    "load_model_weights", "load_training_state", "model_tensors", "restore_rng",
+    "save_best", "save_model_weights", "save_training_state",
 ]  # fmt: skip
 
 log = logging.getLogger("aptune")
@@ -66,11 +82,17 @@ EMA_FILE, STATE_FILE = "ema.safetensors", "state.pt"
 CONFIG_FILE, COMPLETE_FILE = "config.json", "COMPLETE"
 BEST_NAME = "checkpoint-best"
 TMP_PREFIX = ".tmp-checkpoint-"
-_EPOCH_DIR = re.compile(r"^checkpoint-(\d+)$")
+_EPOCH_DIR = re.compile(r"^checkpoint-(\d+)(?:-step(\d+))?$")
+_MARGIN = 1 << 20  # config, marker, safetensors headers, zip overhead
 
 
 class ResumeError(RuntimeError):
     """A checkpoint that cannot be resumed from; the one-line message names file and fix."""
+
+
+class CheckpointWriteError(ResumeError):
+    """The disk refused a checkpoint (full, I/O error). A ResumeError so the CLI prints
+    the one-line message without a traceback and exits non-zero."""
 
 
 # -- RNG ------------------------------------------------------------------------------------
@@ -143,7 +165,7 @@ def _write_folder(
     folder: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
     scaler: Any, ema: Any, config: dict | None, extra: dict | None, trainable_only: bool,
 ) -> None:  # fmt: skip
-    """Every file of a checkpoint, each fsynced, the COMPLETE marker (with sizes) last."""
+    """Every file of a checkpoint, each fsynced, the COMPLETE marker (sizes, sha256s) last."""
     meta = _weights_metadata(trainable_only, {"epoch": epoch})
     _safetensors_write(folder / MODEL_FILE, model_tensors(model, trainable_only), meta)
     if ema is not None:
@@ -167,19 +189,54 @@ def _write_folder(
         os.fsync(f.fileno())
     text = json.dumps(config or {}, indent=2, sort_keys=True, default=_json_default)
     _write_text(folder / CONFIG_FILE, text + "\n")
-    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
-    _write_text(folder / COMPLETE_FILE, json.dumps({"epoch": int(epoch), "files": sizes}) + "\n")
+    marker = {"epoch": int(epoch), "files": manifest(folder)}
+    _write_text(folder / COMPLETE_FILE, json.dumps(marker) + "\n")
     _fsync(folder)
 
 
+def _nbytes(obj: Any) -> int:
+    """Bytes of every tensor in a (nested) state: what a checkpoint is about to write."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def estimate_bytes(model: nn.Module, optimizer: Any, ema: Any, trainable_only: bool) -> int:
+    n = _nbytes(model_tensors(model, trainable_only)) * (2 if ema is not None else 1)
+    if optimizer is not None:
+        n += _nbytes(optimizer.state_dict()["state"])
+    return n + _MARGIN
+
+
+def _write_error(out: Path, name: str, needed: int, what: str) -> CheckpointWriteError:
+    prev = find_latest_checkpoint(out, hashes=False, quiet=True)
+    kept = f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint"
+    return CheckpointWriteError(
+        f"{out / name}: not written ({what}): needs {human(needed)}, {human(free_bytes(out))} "
+        f"free in {out}; {kept}; free space or give another --output_dir, then rerun"
+    )
+
+
 def _save_folder(output_dir: str | Path, name: str, epoch: int, **kw: Any) -> Path:
-    """Write into ``.tmp-checkpoint-*`` in ``output_dir``, then rename to ``name``."""
+    """Write into ``.tmp-checkpoint-*`` in ``output_dir``, then rename to ``name``.
+
+    Free space is compared with the tensors' bytes first; ENOSPC/EIO while writing anyway
+    remove the temporary folder and raise :class:`CheckpointWriteError` (one line).
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the run from its group
+    needed = estimate_bytes(kw["model"], kw["optimizer"], kw["ema"], kw["trainable_only"])
+    if needed > free_bytes(out):
+        raise _write_error(out, name, needed, "not enough free space")
     final = out / name
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the run from its group
         _write_folder(tmp, epoch, **kw)
         aside = None
         if final.exists():  # rename() cannot replace a non-empty directory
@@ -187,8 +244,11 @@ def _save_folder(output_dir: str | Path, name: str, epoch: int, **kw: Any) -> Pa
             os.replace(final, aside / name)
         os.replace(tmp, final)
         _fsync(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and is_disk_error(e):
+            raise _write_error(out, name, needed, _first_line(e)) from None
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
@@ -198,24 +258,33 @@ def _save_folder(output_dir: str | Path, name: str, epoch: int, **kw: Any) -> Pa
     return final
 
 
+def checkpoint_name(epoch: int, step: int | None = None) -> str:
+    """``checkpoint-EEEE`` (epoch done) or ``checkpoint-EEEE-stepSSSSSS`` (mid-epoch)."""
+    return f"checkpoint-{epoch:04d}" if step is None else f"checkpoint-{epoch:04d}-step{step:06d}"
+
+
 def save_training_state(
     output_dir: str | Path, epoch: int, model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None, scaler: Any = None, ema: Any = None,
     config: dict | None = None, extra: dict | None = None,
-    trainable_only: bool = True, keep_last: int = 2,
+    trainable_only: bool = True, keep_last: int = 2, step: int | None = None,
 ) -> Path:  # fmt: skip
-    """Atomically write ``output_dir/checkpoint-{epoch:04d}``; keep the last ``keep_last``.
+    """Atomically write ``checkpoint-{epoch:04d}`` (``step`` None: epoch done) or the
+    mid-epoch ``checkpoint-{epoch:04d}-step{step:06d}`` (state ``epoch`` is then
+    ``epoch - 1``, the last finished one); keep the newest ``keep_last`` of both kinds.
 
-    ``keep_last <= 0`` keeps every epoch checkpoint; ``checkpoint-best`` is never pruned.
-    Returns the folder.
+    The folder just written is the newest and verified, so pruning never removes the
+    newest verified checkpoint. ``keep_last <= 0`` keeps all; ``checkpoint-best`` is never
+    pruned. Returns the folder.
     """
     kw = dict(model=model, optimizer=optimizer, scaler=scaler, ema=ema, config=config)
     kw.update(extra=extra, trainable_only=trainable_only)
-    final = _save_folder(output_dir, f"checkpoint-{epoch:04d}", epoch, **kw)
+    done = epoch if step is None else epoch - 1
+    final = _save_folder(output_dir, checkpoint_name(epoch, step), done, **kw)
     if keep_last > 0:
-        for old in sorted(_epoch_dirs(Path(output_dir)), key=_epoch_of)[:-keep_last]:
+        for old in checkpoint_folders(Path(output_dir))[keep_last:]:
             if old != final:
-                log.info("removing old checkpoint %s (keep_last=%d)", old, keep_last)
+                log.info("removing old checkpoint %s (--keep_ckpts %d)", old, keep_last)
                 shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -232,32 +301,37 @@ def save_best(
     return _save_folder(output_dir, BEST_NAME, epoch, **kw)
 
 
-def _epoch_of(path: Path) -> int:
-    return int(_EPOCH_DIR.match(path.name).group(1))  # type: ignore[union-attr]
+def _order(path: Path) -> tuple[int, int, int]:
+    """Sort key: epoch, then mid-epoch folders (by step) before the epoch's own folder."""
+    m = _EPOCH_DIR.match(path.name)
+    assert m is not None
+    step = m.group(2)
+    return (int(m.group(1)), 0 if step is not None else 1, int(step or 0))
 
 
-def _epoch_dirs(out: Path) -> list[Path]:
-    """``checkpoint-NNNN`` folders (never ``.tmp-*`` or ``checkpoint-best``)."""
+def checkpoint_folders(out: str | Path) -> list[Path]:
+    """``checkpoint-EEEE[-stepSSSSSS]`` folders, newest first (no ``.tmp-*``, no best)."""
+    out = Path(out)
     found = out.iterdir() if out.is_dir() else ()
-    return [p for p in found if p.is_dir() and _EPOCH_DIR.match(p.name)]
+    dirs = [p for p in found if p.is_dir() and _EPOCH_DIR.match(p.name)]
+    return sorted(dirs, key=_order, reverse=True)
 
 
-def check_complete(folder: str | Path) -> None:
-    """Raise :class:`ResumeError` unless ``folder`` is a whole, readable checkpoint.
+def check_complete(folder: str | Path, hashes: bool = True) -> None:
+    """Raise :class:`ResumeError` unless ``folder`` is a whole, unchanged checkpoint.
 
-    Cheap checks only: marker present, every listed file with its recorded size,
+    Marker present, every listed file with its recorded size and (``hashes``) sha256,
     safetensors headers valid, ``state.pt`` a whole zip archive, ``config.json`` JSON.
     """
     folder = Path(folder)
-    marker = folder / COMPLETE_FILE
-    fix = "it was not written completely; delete it or resume from an older checkpoint"
-    if not marker.is_file():
-        raise ResumeError(f"{folder}: no {COMPLETE_FILE} marker: {fix}")
+    if not folder.exists():
+        raise ResumeError(f"{folder}: not found; give a checkpoint folder of an aptune run")
+    fix = "delete it or resume from an older checkpoint"
     try:
-        sizes = json.loads(marker.read_text())["files"]
-        for name, size in sizes.items():
-            if (folder / name).stat().st_size != size:
-                raise ResumeError(f"{folder / name}: size differs from {COMPLETE_FILE}: {fix}")
+        verify_files(folder, hashes)
+    except IntegrityError as e:
+        raise ResumeError(f"corrupt checkpoint: {e}: {fix}") from None
+    try:
         for name in (MODEL_FILE, EMA_FILE):
             if (folder / name).exists():
                 with safe_open(str(folder / name), framework="pt") as f:
@@ -265,23 +339,24 @@ def check_complete(folder: str | Path) -> None:
         with zipfile.ZipFile(folder / STATE_FILE):
             pass
         json.loads((folder / CONFIG_FILE).read_text())
-    except ResumeError:
-        raise
     except Exception as e:
         raise ResumeError(f"{folder}: unreadable checkpoint ({_first_line(e)}): {fix}") from None
 
 
-def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """Newest complete ``checkpoint-NNNN`` in ``output_dir`` (None if there is none).
+def find_latest_checkpoint(
+    output_dir: str | Path, hashes: bool = True, quiet: bool = False
+) -> Path | None:
+    """Newest verified checkpoint folder in ``output_dir`` (None if there is none).
 
     ``.tmp-*`` folders are never candidates; incomplete or corrupt ones are skipped with
-    a warning naming them, so a run killed while saving resumes from the one before.
+    one line naming them, so a run resumes from the next newest verified checkpoint.
     """
-    for folder in sorted(_epoch_dirs(Path(output_dir)), key=_epoch_of, reverse=True):
+    for folder in checkpoint_folders(output_dir):
         try:
-            check_complete(folder)
+            check_complete(folder, hashes)
         except ResumeError as e:
-            log.warning("skipping checkpoint: %s", e)
+            if not quiet:
+                log.warning("skipping checkpoint (falling back to an older one): %s", e)
             continue
         return folder
     return None
@@ -289,11 +364,14 @@ def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def load_training_state(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-    scaler: Any = None, ema: Any = None, restore_rng: bool = True,
+    scaler: Any = None, ema: Any = None, restore_rng: bool = True, verified: bool = False,
 ) -> dict:  # fmt: skip
-    """Restore a checkpoint folder into the given objects; ``{"epoch", "extra", "config"}``.
+    """Restore a checkpoint folder into the given objects;
+    ``{"epoch", "extra", "config", "rng"}``.
 
-    ``epoch`` is the last finished epoch (the run continues at ``epoch + 1``).
+    ``epoch`` is the last finished epoch (the run continues at ``epoch + 1``; a mid-epoch
+    checkpoint says where in ``extra``). ``verified``: the caller already checked the
+    sha256s (:func:`find_latest_checkpoint`), so they are not hashed twice.
     Everything is checked before the model is touched where possible; any mismatch is a
     one-line :class:`ResumeError` naming the file and the fix. ``state.pt`` is read with
     ``torch.load(weights_only=True)`` only: a checkpoint can never run code.
@@ -301,7 +379,7 @@ def load_training_state(
     folder = Path(path)
     if folder.is_file():  # --resume may name a file inside the folder
         folder = folder.parent
-    check_complete(folder)
+    check_complete(folder, hashes=not verified)
     fix = "resume with the same --model/--transfer_type/prompt flags, or a fresh --output_dir"
     try:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
@@ -339,4 +417,5 @@ def load_training_state(
     if restore_rng and state.get("rng") is not None:
         _restore_rng(state["rng"])  # the parameter shadows restore_rng()
     config = json.loads((folder / CONFIG_FILE).read_text())
-    return {"epoch": int(state["epoch"]), "extra": dict(state.get("extra") or {}), "config": config}
+    extra = dict(state.get("extra") or {})
+    return {"epoch": int(state["epoch"]), "extra": extra, "config": config, "rng": state.get("rng")}
