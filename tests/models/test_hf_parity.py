@@ -166,6 +166,7 @@ def test_read_hf_config_transformers4_names(tmp_path: Path) -> None:
     "cfg, needle",
     [
         ({"model_type": "vit"}, "not VideoMAE"),
+        ({"model_type": "VideoMAEv2_Base", "model_config": {}}, "model zoo"),
         (
             {"architectures": ["VideoMAEForVideoClassification"], "use_mean_pooling": False},
             "mean-pool",

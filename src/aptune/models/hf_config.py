@@ -58,6 +58,12 @@ def read_hf_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder)
     cfg_file = path / "config.json" if path.is_dir() else path
     raw = read_json(cfg_file)
+    if str(raw.get("model_type", "")).lower().startswith("videomaev2"):
+        raise CheckpointError(
+            f"{cfg_file}: a VideoMAE V2 repository with custom code "
+            f"({raw.get('model_type')!r}), not a transformers VideoMAE; pass a .pth of V2's "
+            "model zoo instead (docs/checkpoints.md)"
+        )
     if raw.get("model_type", "videomae") != "videomae":
         raise CheckpointError(
             f"{cfg_file}: a Hugging Face {raw.get('model_type')!r} model, not VideoMAE; "
