@@ -77,7 +77,10 @@ def build_model(
     raw: dict | None = None
     info: dict[str, Any] = {}
     arch: dict[str, Any] = {}
-    if checkpoint is not None:
+    from aptune.models.checkpoint_io import is_hf_folder
+
+    # random init ignores the checkpoint, but keeps a local HF folder's architecture
+    if checkpoint is not None and (not random_init or is_hf_folder(checkpoint)):
         from aptune.models.checkpoint_io import read_checkpoint, resolve_checkpoint_path
         from aptune.models.convert import uses_cos_attn
         from aptune.models.hf_config import read_hf_config
