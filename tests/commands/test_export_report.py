@@ -182,3 +182,27 @@ def test_report_renders_in_headless_chromium(trained_run, tmp_path):
     dark = img < 128  # text, plot lines, the KPI numbers
     assert dark.mean() > 0.01 and img.std() > 20  # not a blank page
     assert dark[: img.shape[0] // 2].mean() > 0.005  # the top half has content too
+
+
+def test_report_stays_readable_at_174_classes(trained_run, tmp_path):
+    run = tmp_path / "ssv2"
+    run.mkdir()
+    shutil.copy(trained_run / "config.yaml", run)
+    rng = np.random.default_rng(0)
+    conf = np.diag(rng.integers(5, 20, 174))
+    conf[3, 7] = 9  # the biggest confusion, listed first
+    for _ in range(300):
+        conf[rng.integers(174), rng.integers(174)] += 1
+    np.fill_diagonal(conf, np.maximum(conf.diagonal(), 5))
+    names = [f"action_{i:03d}" for i in range(174)]
+    (run / "classes.txt").write_text("\n".join(names) + "\n")
+    np.savetxt(run / "confusion.csv", conf, fmt="%d", delimiter=",")
+    acc = {n: float(conf[i, i] / conf[i].sum() * 100) for i, n in enumerate(names)}
+    (run / "per_class.json").write_text(json.dumps(acc))
+    page = write_report(run).read_text()
+    top = page[page.index("Top confusions") : page.index("confusion matrix")]
+    assert top.count("<tr>") == 21  # header + the 20 largest
+    assert "<td>action_003</td><td>action_007</td>" in top.split("</tr>")[1]
+    worst = min(acc, key=acc.get)
+    assert "the 25 worst of 174 classes" in page and "all 174 classes" in page
+    assert page.index(worst) < page.index("all 174 classes")

@@ -158,7 +158,7 @@ def _confusion(run: Path) -> np.ndarray | None:
     return conf if conf.ndim == 2 and conf.shape[0] == conf.shape[1] else None
 
 
-def per_class_section(run: Path, names: list[str], conf: np.ndarray | None) -> str:
+def per_class_section(run: Path, names: list[str], conf: np.ndarray | None, shown: int = 25) -> str:
     per_class = _read_json(run / "per_class.json")
     if not per_class:
         return _missing("per-class accuracy (per_class.json)")
@@ -171,7 +171,16 @@ def per_class_section(run: Path, names: list[str], conf: np.ndarray | None) -> s
         n = int(support[i]) if support is not None and i < len(support) else ""
         bar = f"<span class=bar style='width:{acc * 1.5:.0f}px'></span>" if acc is not None else ""
         rows.append([_e(name), "–" if acc is None else f"{acc:.1f}%", bar, n])
-    return "<p>Worst first.</p>" + _table(rows, ["class", "top-1", "", "test videos"], {1, 3})
+    header = ["class", "top-1", "", "test videos"]
+    if len(rows) <= shown:
+        return "<p>Worst first.</p>" + _table(rows, header, {1, 3})
+    return (
+        f"<p>Worst first: the {shown} worst of {len(rows)} classes.</p>"
+        + _table(rows[:shown], header, {1, 3})
+        + f"<details><summary>all {len(rows)} classes</summary>"
+        + _table(rows, header, {1, 3})
+        + "</details>"
+    )
 
 
 def confusion_section(conf: np.ndarray | None, names: list[str], top: int = 20) -> str:
