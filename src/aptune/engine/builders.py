@@ -13,7 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    get_worker_info,
+)
 
 from aptune.build import build_model
 from aptune.config import method_options
@@ -22,6 +30,7 @@ from aptune.engine.distributed import DistInfo
 from aptune.engine.loop import TrainStep, resolve_precision
 from aptune.engine.mixup import VideoMixup, soft_target_cross_entropy
 from aptune.engine.optim import ModelEma, build_optimizer, cosine_schedule, scaled_lr
+from aptune.engine.preempt import ignore_in_workers
 from aptune.models.vit import VisionTransformer
 
 log = logging.getLogger("aptune")
@@ -67,17 +76,78 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    ignore_in_workers()
+
+
+class _Positioned(Dataset):
+    """``ds[(pos, index)]``: the item with torch/numpy/random seeded from (epoch, pos).
+
+    A training item's augmentation then depends only on its position in the epoch's
+    order, not on which worker made it or what that worker made before: a mid-epoch
+    resume can skip the consumed batches without decoding them, and any --num_workers
+    gives the same clips. In the main process (--num_workers 0) the global RNG states
+    are put back afterwards, so dropout draws do not depend on data loading.
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.epoch_seed = dataset, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        pos, index = key
+        seed = (self.epoch_seed * 1_000_003 + pos * 7_919 + 17) % 2**63
+        if get_worker_info() is not None:  # a worker process: its RNGs serve data only
+            seed_everything(seed)
+            return self.dataset[index]
+        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        seed_everything(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(saved[0])
+            np.random.set_state(saved[1])
+            random.setstate(saved[2])
+
+
+class _Batches(Sampler):
+    """Batches of ``(position, index)`` from ``sampler``; the first ``skip`` are consumed
+    from the order (so it stays the same) but never yielded, hence never decoded."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool) -> None:
+        self.sampler, self.batch_size, self.drop_last, self.skip = (
+            sampler, batch_size, drop_last, 0
+        )  # fmt: skip
+
+    def __iter__(self):
+        batch: list[tuple[int, int]] = []
+        done = 0
+        for pos, index in enumerate(self.sampler):
+            batch.append((pos, int(index)))
+            if len(batch) == self.batch_size:
+                if done >= self.skip:
+                    yield batch
+                done, batch = done + 1, []
+        if batch and not self.drop_last and done >= self.skip:
+            yield batch
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
 class EpochLoader:
-    """A DataLoader whose shuffling and worker seeds depend only on (seed, epoch, rank).
+    """A DataLoader whose order and augmentations depend only on (seed, epoch, rank).
 
     This is what makes a resumed run identical to an uninterrupted one: no RNG state of
-    earlier epochs leaks into the data order or the augmentations.
+    earlier epochs leaks into the data order or the augmentations; ``set_epoch(e, skip)``
+    continues an epoch after ``skip`` batches (mid-epoch resume). Training items are
+    seeded per position (:class:`_Positioned`); evaluation items need no randomness.
     """
 
     def __init__(self, dataset, args: argparse.Namespace, info: DistInfo, train: bool) -> None:
-        self.dataset, self.seed, self.info = dataset, args.seed, info
+        self.dataset, self.seed, self.info, self.train = dataset, args.seed, info, train
         self.generator = torch.Generator()
         if info.enabled and (train or args.dist_eval):
             self.sampler = DistributedSampler(
@@ -87,23 +157,30 @@ class EpochLoader:
             self.sampler = RandomSampler(dataset, generator=self.generator)
         else:
             self.sampler = SequentialSampler(dataset)
-        self.loader = DataLoader(
-            dataset,
-            batch_size=args.batch_size if train else args.batch_size_val,
-            sampler=self.sampler,
+        common = dict(
             num_workers=args.num_workers,
             pin_memory=args.pin_mem and info.device.type == "cuda",
-            drop_last=train,
             collate_fn=collate_clips,
             worker_init_fn=_seed_worker,
             generator=self.generator,
             persistent_workers=False,
         )
+        if train:
+            self.positioned = _Positioned(dataset)
+            self.batches = _Batches(self.sampler, args.batch_size, drop_last=True)
+            self.loader = DataLoader(self.positioned, batch_sampler=self.batches, **common)
+        else:
+            self.loader = DataLoader(dataset, batch_size=args.batch_size_val,
+                                     sampler=self.sampler, drop_last=False, **common)  # fmt: skip
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Reseed for ``epoch``; the next pass starts after ``skip_batches`` batches."""
         self.generator.manual_seed(self.seed * 100_003 + epoch * 7_919 + self.info.rank)
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
+        if self.train:
+            self.positioned.epoch_seed = (self.seed * 100_003 + epoch) * 131 + self.info.rank
+            self.batches.skip = skip_batches
 
     def __iter__(self):
         return iter(self.loader)

@@ -201,12 +201,12 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
     return float(t.item()) / info.world_size
 
 
-def any_rank(flag: bool, info: DistInfo, what: str) -> bool:
-    """True on every rank when ``flag`` is True on any (e.g. a stop request)."""
+def max_over_ranks(value: int, info: DistInfo, what: str) -> int:
+    """The largest ``value`` of all ranks, on every rank (e.g. a stop request's signal)."""
     if not info.enabled:
-        return flag
-    t = _reduce(torch.tensor([int(flag)], dtype=torch.int32), info, dist.ReduceOp.MAX, what)
-    return bool(t.item())
+        return value
+    t = _reduce(torch.tensor([value], dtype=torch.int64), info, dist.ReduceOp.MAX, what)
+    return int(t.item())
 
 
 def cleanup(info: DistInfo) -> None:

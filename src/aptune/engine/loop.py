@@ -4,7 +4,9 @@ The loop follows the reference recipe: the learning rate and weight decay are se
 optimiser step from precomputed schedules, gradients are accumulated over
 ``update_freq`` micro-batches (without DDP all-reduce on the intermediate ones), clipped,
 and an EMA of the weights is updated after each step. Videos the data pipeline could not
-read arrive as ``Batch.skipped`` and are counted, never replaced.
+read arrive as ``Batch.skipped`` and are counted, never replaced. ``after_step`` is asked
+after every optimiser step whether to stop (preemption) and may write a mid-epoch
+checkpoint; ``start_step`` + ``carry`` continue an epoch from such a checkpoint.
 """
 
 from __future__ import annotations
@@ -63,6 +65,23 @@ class EpochStats:
     clips: int = 0
     grad_norm: float | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    loss_sum: float = 0.0  # over this epoch's micro-batches so far (kept across a resume)
+    loss_n: int = 0
+    stopped: bool = False  # after_step asked to stop mid-epoch
+
+    def carry(self) -> dict:
+        """What a mid-epoch checkpoint keeps so the resumed epoch reports the same numbers."""
+        return {"loss_sum": self.loss_sum, "loss_n": self.loss_n, "clips": self.clips,
+                "steps": self.steps, "skipped": [list(s) for s in self.skipped],
+                "grad_norm": self.grad_norm}  # fmt: skip
+
+    @classmethod
+    def from_carry(cls, d: dict | None) -> EpochStats:
+        d = d or {}
+        return cls(steps=int(d.get("steps", 0)), clips=int(d.get("clips", 0)),
+                   grad_norm=d.get("grad_norm"), loss_sum=float(d.get("loss_sum", 0.0)),
+                   loss_n=int(d.get("loss_n", 0)),
+                   skipped=[tuple(s) for s in d.get("skipped", [])])  # fmt: skip
 
     def as_dict(self) -> dict:
         return {
@@ -102,18 +121,25 @@ def train_one_epoch(
     info: DistInfo,
     progress: bool = True,
     on_step: Callable[[int, dict], None] | None = None,
+    start_step: int = 0,
+    carry: EpochStats | None = None,
+    after_step: Callable[[int, EpochStats], bool] | None = None,
 ) -> EpochStats:
+    """One epoch from optimiser step ``start_step`` (the loader must already skip the
+    batches before it). ``after_step(steps_done_in_epoch, stats)`` returning True stops
+    the epoch there (``stats.stopped``)."""
     model, opt = ts.model, ts.optimizer
     model.train()
-    stats = EpochStats()
+    stats = carry if carry is not None else EpochStats()
     limit = ts.steps_per_epoch if ts.max_steps is None else min(ts.steps_per_epoch, ts.max_steps)
     total_micro = limit * ts.update_freq
-    bar = tqdm(
-        total=limit, desc=f"epoch {epoch}", disable=not (progress and info.is_main), leave=False
-    )
-    loss_sum, loss_n, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(total=limit, initial=start_step, desc=f"epoch {epoch}",
+               disable=not (progress and info.is_main), leave=False)  # fmt: skip
+    loss_sum, loss_n, start = stats.loss_sum, stats.loss_n, time.perf_counter()
+    clips_before = stats.clips
     opt.zero_grad(set_to_none=True)
-    for micro, batch in enumerate(loader):
+    first = start_step * ts.update_freq
+    for micro, batch in enumerate(loader if first < total_micro else (), start=first):
         if micro >= total_micro:
             break
         stats.skipped += batch.skipped
@@ -136,11 +162,16 @@ def train_one_epoch(
                             clips_s=f"{stats.clips / max(elapsed, 1e-9):.2f}")  # fmt: skip
             if on_step is not None:
                 on_step(global_step, {"loss": loss_sum / max(loss_n, 1), "lr": lr})
+            stats.loss_sum, stats.loss_n = loss_sum, loss_n
+            if after_step is not None and after_step(step + 1, stats):
+                stats.stopped = True
+                break
     bar.close()
     elapsed = time.perf_counter() - start
+    stats.loss_sum, stats.loss_n = loss_sum, loss_n
     stats.loss = all_reduce_mean(loss_sum / max(loss_n, 1), info)
     stats.lr = max(g["lr"] for g in opt.param_groups)
-    stats.clips_per_s = stats.clips * info.world_size / max(elapsed, 1e-9)
+    stats.clips_per_s = (stats.clips - clips_before) * info.world_size / max(elapsed, 1e-9)
     return stats
 
 

@@ -2,7 +2,8 @@
 
 What a run folder holds: ``config.yaml`` (resolved flags), ``log.txt`` (one JSON line per
 epoch, as the reference), ``tb/`` (TensorBoard scalars), ``checkpoint-NNNN/`` (latest
-complete states, written atomically), ``checkpoint-best/``, and after the final test
+complete states, written atomically), ``checkpoint-NNNN-stepSSSSSS/`` (mid-epoch:
+``--save_ckpt_steps`` or preemption), ``checkpoint-best/``, and after the final test
 ``metrics.json``, ``predictions.jsonl``, ``per_class.json``, ``curves.png`` and
 ``confusion.png``.
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +23,13 @@ import numpy as np
 from aptune.config import save_config, to_dict
 from aptune.engine import builders as T
 from aptune.engine.checkpoint import (
+    BEST_NAME,
+    ResumeError,
+    check_complete,
     find_latest_checkpoint,
     load_model_weights,
     load_training_state,
+    restore_rng,
     save_best,
     save_training_state,
 )
@@ -32,10 +39,18 @@ from aptune.engine.distributed import (
     barrier,
     cleanup,
     init_distributed,
+    max_over_ranks,
     unwrap,
 )
-from aptune.engine.loop import Precision, predict_views, resolve_precision, train_one_epoch
+from aptune.engine.loop import (
+    EpochStats,
+    Precision,
+    predict_views,
+    resolve_precision,
+    train_one_epoch,
+)
 from aptune.engine.metrics import EvalResult, evaluate_probs, merge_views, write_predictions
+from aptune.engine.preempt import StopSignals, exit_code
 from aptune.engine.reports import RunLogger, write_final_reports
 from aptune.tuning import parameter_report
 
@@ -63,26 +78,78 @@ def evaluate_split(
     return evaluate_probs(ids, probs, labels, views, args.nb_classes)
 
 
-def _resume(args, model, ts, out: Path) -> tuple[int, dict]:
-    """-> (first epoch to run, extra state such as the best metric)."""
-    path = Path(args.resume) if args.resume else None
+@dataclass
+class Resumed:
+    """Where a run continues: ``epoch`` from optimiser step ``step`` of it (0: its start)."""
+
+    epoch: int
+    extra: dict = field(default_factory=dict)
+    step: int = 0
+    carry: dict | None = None  # EpochStats.carry() of the interrupted epoch
+    rng: dict | None = None  # RNG states right after ``step`` (mid-epoch only)
+    mixup: str | None = None  # the mixup generator's state (JSON)
+
+
+def _resume(args, model, ts, out: Path) -> Resumed:
+    path, verified = (Path(args.resume), False) if args.resume else (None, False)
     if path is None and args.auto_resume:
-        path = find_latest_checkpoint(out)
+        path, verified = find_latest_checkpoint(out), True
     if path is None:
-        return args.start_epoch, {}
-    state = load_training_state(path, model, ts.optimizer, ts.scaler, ts.ema)
-    log.info("resumed from %s (epoch %d done)", path, state["epoch"])
-    return state["epoch"] + 1, state.get("extra", {})
+        return Resumed(args.start_epoch)
+    state = load_training_state(path, model, ts.optimizer, ts.scaler, ts.ema, verified=verified)
+    extra = state.get("extra", {})
+    mid = extra.pop("mid_epoch", None)
+    log.info("resumed from %s (epoch %d done%s)", path, state["epoch"],
+             f", then {mid['step']} steps of epoch {mid['epoch']}" if mid else "")  # fmt: skip
+    if mid is None:
+        return Resumed(state["epoch"] + 1, extra)
+    return Resumed(mid["epoch"], extra, mid["step"], mid["stats"], state["rng"], mid.get("mixup"))
 
 
 def train(args: argparse.Namespace) -> dict:
-    """The ``aptune train`` / ``run_class_apt.py`` job; returns the final metrics."""
-    info = init_distributed(args.device, args.local_rank)
+    """The ``aptune train`` / ``run_class_apt.py`` job; returns the final metrics.
+
+    SIGTERM / SIGUSR1 / Ctrl-C end it after the current optimiser step with a checkpoint
+    and ``SystemExit(128 + signum)``; rerunning the same command continues from there.
+    """
+    info = init_distributed(args.device, args.local_rank, args.dist_timeout)
     out = T.run_dir(args)
     try:
         return _train(args, info, out)
     finally:
         cleanup(info)
+
+
+class _Saver:
+    """Rank 0 writes training state; every rank then waits at one bounded barrier."""
+
+    def __init__(self, args, info: DistInfo, out: Path, model, ts, full: bool) -> None:
+        self.args, self.info, self.out, self.model, self.ts = args, info, out, model, ts
+        self.kw = dict(config=to_dict(args), trainable_only=not full, keep_last=args.keep_ckpts)
+        self.last: tuple[int, int | None] | None = None  # (epoch, step) of the last save
+        self.folder: Path | None = None
+
+    def state(self, epoch: int, extra: dict, step: int | None = None) -> Path | None:
+        if self.info.is_main:
+            ts = self.ts
+            self.folder = save_training_state(self.out, epoch, self.model, ts.optimizer,
+                                              ts.scaler, ts.ema, extra=extra, step=step,
+                                              **self.kw)  # fmt: skip
+        self.last = (epoch, step)
+        barrier(self.info, f"the checkpoint of epoch {epoch}")
+        return self.folder
+
+    def best(self, epoch: int, extra: dict) -> None:
+        kw = {k: v for k, v in self.kw.items() if k != "keep_last"}
+        save_best(self.out, epoch, self.model, extra=extra, **kw)
+
+
+def _stop(signum: int, folder: Path | None, info: DistInfo) -> SystemExit:
+    if info.is_main:
+        saved = f"saved {folder}" if folder else "no checkpoint (--no_save_ckpt)"
+        log.warning("stopped by %s: %s; rerun the same command to resume (exit %d)",
+                    signal.Signals(signum).name, saved, exit_code(signum))  # fmt: skip
+    return SystemExit(exit_code(signum))
 
 
 def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
@@ -109,44 +176,53 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
     steps = T.steps_per_epoch(len(datasets["train"]), args, info)
     ts = T.build_train_step(args, model, ddp_model, info, steps)
     loaders = {s: T.EpochLoader(d, args, info, train=s == "train") for s, d in datasets.items()}
-    start_epoch, extra = _resume(args, model, ts, out)
-    logger = RunLogger(out, args.log_dir, info.is_main, start_epoch)
-    best = extra.get("best", {"top1": -1.0, "epoch": -1})
-    full = T.trains_backbone(model)
-    config = to_dict(args)
+    resumed = _resume(args, model, ts, out)
+    logger = RunLogger(out, args.log_dir, info.is_main, resumed.epoch)
+    best = resumed.extra.get("best", {"top1": -1.0, "epoch": -1})
+    saver = _Saver(args, info, out, model, ts, T.trains_backbone(model))
+    every = args.save_ckpt_steps
     started = time.perf_counter()
-    for epoch in range(start_epoch, args.epochs):
-        T.seed_everything(args.seed + info.rank + 7_919 * (epoch + 1))
-        loaders["train"].set_epoch(epoch)
-        if ts.mixup is not None:
-            ts.mixup.rng = np.random.default_rng(args.seed * 1_000_003 + epoch * 31 + info.rank)
-        stats = train_one_epoch(ts, loaders["train"], epoch, info, not args.no_progress,
-                                on_step=logger.step)  # fmt: skip
-        skipped = all_gather_objects(stats.skipped, info)
-        record = {"epoch": epoch, **stats.as_dict(), "n_parameters": report.trainable}
-        record["skipped_videos"] = sum(len(s) for s in skipped)
-        if record["skipped_videos"] and info.is_main:
-            names = sorted({p for s in skipped for p, _ in s})
-            log.warning("epoch %d: skipped %d unreadable training video(s): %s", epoch,
-                        record["skipped_videos"], ", ".join(names[:10]))  # fmt: skip
-            record["skipped_paths"] = names
-        if "val" in loaders:
-            val = evaluate_split(ddp_model, loaders["val"], info, precision, args, "val")
-            if val is not None:
-                record.update({f"val_{k}": v for k, v in val.summary().items()})
-                if val.top1 > best["top1"]:
-                    best = {"top1": val.top1, "top5": val.top5, "epoch": epoch}
-                    if args.save_ckpt:
-                        save_best(out, epoch, model, config=config, extra={"best": best},
-                                  trainable_only=not full)  # fmt: skip
-        last = epoch + 1 == args.epochs
-        if info.is_main:
-            logger.epoch(record)
-            if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or last):
-                save_training_state(out, epoch, model, ts.optimizer, ts.scaler, ts.ema,
-                                    config=config, extra={"best": best},
-                                    trainable_only=not full)  # fmt: skip
-        barrier(info)
+    with StopSignals() as signals:
+        for epoch in range(resumed.epoch, args.epochs):
+            T.seed_everything(args.seed + info.rank + 7_919 * (epoch + 1))
+            mid = epoch == resumed.epoch and resumed.step > 0
+            loaders["train"].set_epoch(epoch, resumed.step * args.update_freq if mid else 0)
+            if ts.mixup is not None:
+                ts.mixup.rng = np.random.default_rng(args.seed * 1_000_003 + epoch * 31 + info.rank)
+                if mid and resumed.mixup:
+                    ts.mixup.rng.bit_generator.state = json.loads(resumed.mixup)
+            if mid and resumed.rng is not None:
+                restore_rng(resumed.rng)  # the stream right after the checkpointed step
+
+            def after_step(
+                done: int, stats: EpochStats, epoch: int = epoch, best: dict = best
+            ) -> bool:
+                """Mid-epoch checkpoint when due or when a stop signal reached any rank."""
+                signum = max_over_ranks(signals.signum, info, f"the stop flag (epoch {epoch})")
+                due = every > 0 and (epoch * steps + done) % every == 0 and done < steps
+                if not ((signum or due) and args.save_ckpt):
+                    if signum:
+                        raise _stop(signum, None, info)
+                    return False
+                mixup = ts.mixup.rng.bit_generator.state if ts.mixup is not None else None
+                extra = {"best": best, "mid_epoch": {"epoch": epoch, "step": done,
+                         "stats": stats.carry(), "mixup": json.dumps(mixup)}}  # fmt: skip
+                folder = saver.state(epoch, extra, step=done)
+                if signum:
+                    raise _stop(signum, folder, info)
+                return False
+
+            carry = EpochStats.from_carry(resumed.carry) if mid else None
+            stats = train_one_epoch(ts, loaders["train"], epoch, info, not args.no_progress,
+                                    on_step=logger.step, start_step=resumed.step if mid else 0,
+                                    carry=carry, after_step=after_step)  # fmt: skip
+            best = _end_epoch(args, info, epoch, stats, report.trainable, loaders, ddp_model,
+                              precision, best, saver, logger)  # fmt: skip
+            signum = max_over_ranks(signals.signum, info, f"the stop flag (end of epoch {epoch})")
+            if signum and epoch + 1 < args.epochs:
+                if args.save_ckpt and saver.last != (epoch, None):
+                    saver.state(epoch, {"best": best})
+                raise _stop(signum, saver.folder if args.save_ckpt else None, info)
     result = {"best_val": best, "train_time_s": round(time.perf_counter() - started, 2)}
     test = evaluate_split(ddp_model, loaders["test"], info, precision, args, "test")
     if test is not None:
@@ -160,8 +236,41 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
     return result
 
 
+def _end_epoch(args, info, epoch, stats, trainable, loaders, ddp_model, precision, best,
+               saver: _Saver, logger) -> dict:  # fmt: skip
+    """Skipped-video report, validation, best and epoch checkpoints; returns the best."""
+    skipped = all_gather_objects(stats.skipped, info)
+    record = {"epoch": epoch, **stats.as_dict(), "n_parameters": trainable}
+    record["skipped_videos"] = sum(len(s) for s in skipped)
+    if record["skipped_videos"] and info.is_main:
+        names = sorted({p for s in skipped for p, _ in s})
+        log.warning("epoch %d: skipped %d unreadable training video(s): %s", epoch,
+                    record["skipped_videos"], ", ".join(names[:10]))  # fmt: skip
+        record["skipped_paths"] = names
+    if "val" in loaders:
+        val = evaluate_split(ddp_model, loaders["val"], info, precision, args, "val")
+        if val is not None:
+            record.update({f"val_{k}": v for k, v in val.summary().items()})
+            if val.top1 > best["top1"]:
+                best = {"top1": val.top1, "top5": val.top5, "epoch": epoch}
+                if args.save_ckpt:
+                    saver.best(epoch, {"best": best})
+    if info.is_main:
+        logger.epoch(record)
+    steps = saver.ts.steps_per_epoch
+    every = args.save_ckpt_steps
+    last = epoch + 1 == args.epochs
+    due_steps = every > 0 and ((epoch + 1) * steps) % every == 0
+    if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or last or due_steps):
+        saver.state(epoch, {"best": best})
+    else:
+        barrier(info, f"the end of epoch {epoch}")
+    return best
+
+
 def load_run(run: Path, which: str = "last") -> tuple[argparse.Namespace, Path]:
-    """Config and weights file of a finished run folder (``last`` or ``best``)."""
+    """Config and verified checkpoint folder of a run (``last`` or ``best``); every sha256
+    of the folder is checked (``ResumeError`` naming a corrupt ``best``)."""
     from aptune.config import ConfigError, build_train_parser, finalize, load_yaml
 
     cfg_path = run / "config.yaml"
@@ -170,7 +279,12 @@ def load_run(run: Path, which: str = "last") -> tuple[argparse.Namespace, Path]:
     args = build_train_parser().parse_args([])
     vars(args).update(load_yaml(cfg_path))
     args = finalize(args)
-    ckpt = run / "checkpoint-best" if which == "best" else find_latest_checkpoint(run)
+    if which == "best":
+        ckpt = run / BEST_NAME
+        if (ckpt / "model.safetensors").is_file():
+            check_complete(ckpt)  # corrupt: one line naming it (no older "best" to use)
+    else:
+        ckpt = find_latest_checkpoint(run)  # verified; corrupt ones named and skipped
     if ckpt is None or not (ckpt / "model.safetensors").is_file():
         raise ConfigError(f"{run}: no complete {which} checkpoint; train the run first")
     return args, ckpt
@@ -219,10 +333,14 @@ def evaluate_run(run: Path, which: str = "last", overrides: dict | None = None) 
 def evaluate_args(args: argparse.Namespace) -> dict:
     """The reference's ``--eval``: test --finetune, or the newest checkpoint of --resume /
     --output_dir, on all test views; writes predictions.jsonl into --output_dir."""
-    info = init_distributed(args.device, args.local_rank)
+    info = init_distributed(args.device, args.local_rank, args.dist_timeout)
     try:
         model = T.build_run_model(args, info)
         ckpt = Path(args.resume) if args.resume else None
+        if ckpt is not None and not ckpt.exists():
+            raise ResumeError(f"--resume {ckpt}: not found; give a checkpoint folder")
+        if ckpt is not None and (ckpt / "COMPLETE").is_file():
+            check_complete(ckpt)
         if ckpt is None and args.output_dir and args.auto_resume:
             ckpt = find_latest_checkpoint(Path(args.output_dir))
         if ckpt is not None:
