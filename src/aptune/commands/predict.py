@@ -181,7 +181,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def add_predict_parser(subparsers) -> None:
-    pr = subparsers.add_parser("predict", help="top-k classes of new videos with a trained run")
+    pr = subparsers.add_parser(
+        "predict", help="top-k classes of new videos with a trained run (or over time: --timeline)"
+    )
     pr.add_argument("videos", nargs="+", help="video files (.avi, .mp4, .webm, frame folders)")
     pr.add_argument("--run", required=True, help="output_dir of an aptune train run")
     pr.add_argument("--which", choices=["last", "best"], default="best")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import csv
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,8 +191,9 @@ def plot_timeline(
     fig, ax = plt.subplots(figsize=(max(6.0, min(0.25 * len(rows), 16.0)), 3.5))
     for c in shown:
         ax.plot(centres, probs[:, c], marker="." if len(rows) < 60 else None, label=names[c])
-    ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1.02), title=title)
-    ax.legend(loc="upper right", fontsize=7, ncol=math.ceil(len(shown) / 6))
+    end = rows[-1]["end_s"] if rows else 1.0
+    ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1.02), xlim=(0, end), title=title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
