@@ -190,3 +190,29 @@ def test_bad_hf_uri_is_refused() -> None:
 def test_missing_local_file_keeps_the_path_message(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such file or folder"):
         aptune.build_model("vit_nano", num_classes=5, checkpoint=str(tmp_path / "x.pth"))
+
+
+def test_sharded_safetensors_repo_fetches_every_shard(hub, tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    files = _saved_files(hub[1]["v1"], tmp_path / "full")
+    sd = load_file(tmp_path / "full" / "model.safetensors")
+    keys = sorted(sd)
+    shards = {
+        "model-00001-of-00002.safetensors": keys[::2],
+        "model-00002-of-00002.safetensors": keys[1::2],
+    }
+    out = {"config.json": files["config.json"]}
+    for name, part in shards.items():
+        save_file({k: sd[k] for k in part}, str(tmp_path / name), metadata={"format": "pt"})
+        out[name] = (tmp_path / name).read_bytes()
+    index = {"metadata": {}, "weight_map": {k: n for n, part in shards.items() for k in part}}
+    out["model.safetensors.index.json"] = json.dumps(index).encode()
+    lay_out_repo(hub[0], "ORG/SHARDED", COMMIT, out)
+    model = aptune.build_model(num_classes=5, transfer_type="linear", checkpoint="ORG/SHARDED")
+    torch.testing.assert_close(_logits(model.eval(), X), _hf_logits(hub[1]["v1"], X))
+    (hub[0] / "models--ORG--SHARDED" / "snapshots" / COMMIT / shards.popitem()[0]).unlink()
+    with pytest.raises(CheckpointError, match="not in the cache"):
+        aptune.build_model(num_classes=5, checkpoint="ORG/SHARDED")
