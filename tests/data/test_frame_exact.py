@@ -12,7 +12,7 @@ import pytest
 from video_fixtures import distinct_frames, pack_b_frames, sequential_frames, write_coded
 
 from aptune.data import decord_available, open_video
-from aptune.data.decode import resolve_backend
+from aptune.data.decode import PyAVReader, resolve_backend
 from aptune.data.frame_cache import FrameCache
 
 NUM = 60
@@ -141,3 +141,18 @@ def test_decord_equals_sequential_decode(videos, name):
     with open_video(path, "decord") as reader:
         assert reader.num_frames == len(reference)
         assert_exact(reader, reference, index_sets(len(reference), [0], seed=1)[:8])
+
+
+def test_unwanted_non_reference_frames_are_skipped_exactly(videos):
+    """mp4 with B-frames: a rate-4 clip decodes fewer frames with skip_nonref, same bytes."""
+    path, reference = videos["h264_pyramid.mp4"]
+    clip = [2 + 4 * k for k in range(14)]
+    decoded = {}
+    for skip in (False, True):
+        reader = PyAVReader(str(path), skip_nonref=skip)
+        got = reader.get_frames(clip)
+        decoded[skip] = reader.frames_decoded
+        reader.close()
+        for frame, i in zip(got, clip):
+            assert np.array_equal(frame, reference[i]), (skip, i)
+    assert decoded[True] < 0.85 * decoded[False]

@@ -102,8 +102,8 @@ class PyAVReader(VideoReader):
     leading B-frames) are dropped, as they cannot be decoded from here.
     """
 
-    def __init__(self, path: str, threads: int = 1) -> None:
-        self.path, self._threads = path, threads
+    def __init__(self, path: str, threads: int = 1, skip_nonref: bool = True) -> None:
+        self.path, self._threads, self.skip_nonref = path, threads, skip_nonref
         _check_file(path)
         try:
             self._open()
@@ -124,6 +124,12 @@ class PyAVReader(VideoReader):
             raise VideoDecodeError(f"no video stream in {self.path}")
         self._stream = self._container.streams.video[0]
         self._stream.thread_count = self._threads
+        self._reformatter = av.video.reformatter.VideoReformatter()
+
+    def _rgb(self, frame) -> np.ndarray:
+        """uint8 (H, W, 3), as `frame.to_ndarray(format="rgb24")` but with one scaler context
+        for the whole reader (PyAV makes one per frame object: ~1 ms each at 320x240)."""
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
     def _index_packets(self) -> None:
         """Demux once: packet identities, seek targets, keyframes and their display positions."""
@@ -151,6 +157,7 @@ class PyAVReader(VideoReader):
         self._skip: dict[int, range] = {}  # keyframe packet -> packets not to decode after it
         if not untimed and None not in pts and len(set(pts)) == len(pts):
             self._rank = {p: i for i, p in enumerate(sorted(pts))}
+            self._pts = pts
             self.num_frames, first = len(pts), [self._rank[p] for p in pts]
         elif parse:
             extradata = stream.codec_context.extradata or b""
@@ -207,18 +214,26 @@ class PyAVReader(VideoReader):
                 return
         raise VideoDecodeError(f"cannot reach packet {first} of {self.path}")
 
-    def _frames_from(self, k: int) -> Iterator[tuple[int, object]]:
-        """(display position, frame) in display order, from usable keyframe number `k` on."""
+    def _frames_from(self, k: int, wanted: set[int]) -> Iterator[tuple[int, object]]:
+        """(display position, frame) in display order, from usable keyframe number `k` on.
+
+        Where frames are known by their timestamps, a packet whose frame is not in `wanted`
+        is decoded with `skip_frame = NONREF`: if no other frame refers to it the decoder
+        drops it (the others decode to the same bytes; the exactness tests check this).
+        """
         first, start = self._key_packet[k], self._key_pos[k]
         packets = self._packets_from(first)
         codec = self._stream.codec_context
         codec.flush_buffers()
+        codec.skip_frame = "DEFAULT"
         last: int | None = None
         skip = self._skip.get(first, range(0))
         for index, packet in itertools.chain(packets, [(None, None)]):
             if index in skip:
                 continue
-            if packet is not None and self._rank is None:
+            if packet is not None and self._rank is not None and self.skip_nonref:
+                codec.skip_frame = "DEFAULT" if self._rank[self._pts[index]] in wanted else "NONREF"
+            elif packet is not None and self._rank is None:
                 packet.pts = index  # tag: the decoder passes it on to the frame it starts
             for frame in codec.decode(packet):
                 at = self._position(frame, first, start, last)
@@ -240,14 +255,15 @@ class PyAVReader(VideoReader):
     def _read(self, wanted: list[int]) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
         todo = collections.deque(wanted)
+        wanted_set = set(wanted)
         while todo:
             k = max(bisect.bisect_right(self._key_pos, todo[0]) - 1, 0)
             last = None
-            for at, frame in self._frames_from(k):
+            for at, frame in self._frames_from(k, wanted_set):
                 self.frames_decoded += 1
                 last = frame
                 if at >= todo[0]:  # `>` too: fills positions a decoder skipped
-                    array = frame.to_ndarray(format="rgb24")
+                    array = self._rgb(frame)
                     while todo and todo[0] <= at:
                         out[todo.popleft()] = array
                     if not todo:
@@ -258,7 +274,7 @@ class PyAVReader(VideoReader):
             else:  # the stream ended first (a container that over-counts): repeat the last frame
                 if last is None:
                     raise VideoDecodeError(f"no frame could be decoded from {self.path}")
-                array = last.to_ndarray(format="rgb24")
+                array = self._rgb(last)
                 out.update((i, array) for i in todo)
                 todo.clear()
         return out

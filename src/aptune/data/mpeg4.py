@@ -14,8 +14,6 @@ from collections.abc import Iterator
 
 _PACKED = re.compile(rb"DivX\d+(?:b|Build)\d+p")  # user data of DivX-style packed B-frames
 
-_VOP = 0xB6  # MPEG-4 part 2 video_object_plane start code (after 00 00 01)
-
 
 class Bits:
     """Big-endian bit reader over bytes (enough for a few MPEG-4 header fields)."""
@@ -24,11 +22,10 @@ class Bits:
         self.data, self.pos = data, pos * 8
 
     def read(self, n: int) -> int:
-        value = 0
-        for _ in range(n):
-            byte = self.data[self.pos >> 3] if self.pos >> 3 < len(self.data) else 0
-            value = (value << 1) | ((byte >> (7 - (self.pos & 7))) & 1)
-            self.pos += 1
+        first, end = self.pos >> 3, (self.pos + n + 7) >> 3
+        chunk = int.from_bytes(self.data[first:end].ljust(end - first, b"\0"), "big")
+        value = (chunk >> ((end << 3) - self.pos - n)) & ((1 << n) - 1)
+        self.pos += n
         return value
 
 
@@ -65,17 +62,22 @@ def time_increment_bits(data: bytes) -> int | None:
 
 
 def vops_of(data: bytes, time_bits: int | None) -> list[tuple[str, bool]]:
-    """The VOPs of one packet as (picture type "I"/"P"/"B"/"S", vop_coded)."""
-    vops = []
-    for at in start_codes(data, range(_VOP, _VOP + 1)):
-        bits = Bits(data, at)
-        kind, coded = "IPBS"[bits.read(2)], True
-        if time_bits is not None:
+    """The first two VOPs of one packet as (picture type "I"/"P"/"B"/"S", vop_coded)."""
+    vops: list[tuple[str, bool]] = []
+    at = data.find(b"\x00\x00\x01\xb6")
+    while at >= 0 and len(vops) < 2:  # the decoder never looks past a second VOP
+        at += 4
+        kind, coded = "IPBS"[data[at] >> 6] if at < len(data) else "P", True
+        end = data.find(b"\x00\x00\x01", at)
+        if time_bits is not None and (end if end >= 0 else len(data)) - at <= 16:
+            bits = Bits(data, at)  # short enough to be a not-coded VOP: read vop_coded
+            bits.read(2)
             while bits.read(1) and bits.pos < len(data) * 8:  # modulo_time_base
                 pass
             bits.read(1 + time_bits + 1)  # marker, vop_time_increment, marker
             coded = bool(bits.read(1))
         vops.append((kind, coded))
+        at = data.find(b"\x00\x00\x01\xb6", at)
     return vops
 
 
