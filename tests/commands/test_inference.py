@@ -189,6 +189,8 @@ def test_extract_list_counts_unreadable_and_resumes(trained_run, square_data, tm
     monkeypatch.setattr(ex, "_run_chunk", interrupted)
     assert main(argv) == 130 and not out.exists()  # parts of the first chunk were kept
     assert len(list((tmp_path / "feats.safetensors.parts").glob("part-*"))) == 1
+    other_chunks = [a if a != "2" else "3" for a in argv]  # parts of 2 videos cannot be reused
+    assert main(other_chunks) == 2 and "--chunk" in capsys.readouterr().err
     calls.clear()
     monkeypatch.setattr(ex, "_run_chunk", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     assert main(argv) == 1  # some video was unreadable

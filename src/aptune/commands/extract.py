@@ -122,8 +122,9 @@ class Extractor:
         return out
 
 
-def _fingerprint(videos: list[str], tokens: bool, source: str) -> str:
-    text = json.dumps({"videos": videos, "tokens": tokens, "source": source})
+def _fingerprint(videos: list[str], tokens: bool, source: str, chunk: int) -> str:
+    """What must match for parts to be reused (the chunk size fixes which videos a part holds)."""
+    text = json.dumps({"videos": videos, "tokens": tokens, "source": source, "chunk": chunk})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -179,11 +180,12 @@ def extract_features(
             f"({len(missing)} of {len(videos)} listed are missing)"
         )
     parts_dir = out.with_name(out.name + ".parts")
-    stamp = _fingerprint(videos, tokens, source)
+    stamp = _fingerprint(videos, tokens, source, chunk)
     manifest = parts_dir / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") != stamp:
         raise DataError(
-            f"{parts_dir}: left by an extraction of another list or run; delete it to start over"
+            f"{parts_dir}: left by an extraction of another list, run or --chunk; delete it to "
+            "start over"
         )
     parts_dir.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps({"fingerprint": stamp, "videos": len(videos)}))
@@ -192,22 +194,24 @@ def extract_features(
     views = trained.views_per_video
     batch_videos = max(1, (batch_size or trained.args.batch_size_val) // views)
     bar = tqdm(total=len(videos), desc="extract", unit="video", disable=None if progress else True)
-    for n, lo in enumerate(range(0, len(videos), chunk)):
-        part = parts_dir / f"part-{n:06d}.safetensors"
-        if part.is_file():
-            bar.update(min(chunk, len(videos) - lo))
-            continue
-        entries = [
-            VideoEntry(str(Path(v).resolve()), 0, lo + i + 1)
-            for i, v in enumerate(videos[lo : lo + chunk])
-        ]
-        ds = VideoClipDataset("test", trained.data, entries, trained.class_names, "extract")
-        tensors, failed = _run_chunk(extract, ds, batch_videos, num_workers, bar)
-        if "index" in tensors:
-            tensors["index"] += lo
-        _write_atomic(tensors, {"failed": json.dumps([[p, r] for p, r in failed])}, part)
-    bar.close()
-    extract.close()
+    try:
+        for n, lo in enumerate(range(0, len(videos), chunk)):
+            part = parts_dir / f"part-{n:06d}.safetensors"
+            if part.is_file():
+                bar.update(min(chunk, len(videos) - lo))
+                continue
+            entries = [
+                VideoEntry(str(Path(v).resolve()), 0, lo + i + 1)
+                for i, v in enumerate(videos[lo : lo + chunk])
+            ]
+            ds = VideoClipDataset("test", trained.data, entries, trained.class_names, "extract")
+            tensors, failed = _run_chunk(extract, ds, batch_videos, num_workers, bar)
+            if "index" in tensors:
+                tensors["index"] += lo
+            _write_atomic(tensors, {"failed": json.dumps([[p, r] for p, r in failed])}, part)
+    finally:
+        bar.close()
+        extract.close()
     return _merge_parts(parts_dir, videos, out, trained, tokens)
 
 
