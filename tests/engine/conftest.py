@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_support import TINY, write_dataset  # noqa: E402
+from engine_support import TINY, apt_flags, write_dataset  # noqa: E402
 
 from aptune.cli import main  # noqa: E402
 
@@ -28,4 +28,12 @@ def trained_run(square_data, tmp_path_factory) -> Path:
         "--weight_decay", "0.01", "--save_ckpt_freq", "2", "--seed", "0",
     ]  # fmt: skip
     assert main(["train", *flags]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(square_data, tmp_path_factory) -> Path:
+    """The APT run every interrupted-and-resumed run must reproduce bit for bit."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert main(["train", *apt_flags(square_data, out, workers=1)]) == 0
     return out

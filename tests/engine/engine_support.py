@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
 from aptune.data.synthetic import write_video
 
@@ -54,3 +56,27 @@ def write_dataset(root: Path, per_class: dict[str, int], frames=8, size=48, seed
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     (root / "classes.txt").write_text("\n".join(classes) + "\n")
     return root
+
+
+def apt_flags(data: Path, out: Path, workers: int = 0) -> list[str]:
+    """APT with every source of randomness on (prompt dropout, RandAugment, erasing)."""
+    flags = TINY + [
+        "--transfer_type", "prompt", "--prompt_num_tokens", "2", "--prompt_reparam",
+        "--prompt_dropout", "0.1", "--data_path", str(data), "--output_dir", str(out),
+        "--batch_size", "4", "--epochs", "3", "--warmup_epochs", "1", "--lr", "0.5",
+        "--save_ckpt_freq", "1", "--seed", "3", "--is_aa", "--aa", "rand-m4-n2-mstd0.2-inc1",
+        "--reprob", "0.25", "--num_sample", "2",
+    ]  # fmt: skip
+    flags[flags.index("--num_workers") + 1] = str(workers)
+    return flags
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "checkpoint-0002" / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = final_weights(a), final_weights(b)
+    assert set(wa) == set(wb) and "kv_prompts.prompt_embeddings_k" in wa
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)

@@ -8,45 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import torch
-from engine_support import TINY
-from safetensors.torch import load_file
+from engine_support import apt_flags, assert_same_weights
 
 import aptune.engine.run
 from aptune.cli import main
-
-
-def apt_flags(data: Path, out: Path, workers: int = 0) -> list[str]:
-    flags = TINY + [
-        "--transfer_type", "prompt", "--prompt_num_tokens", "2", "--prompt_reparam",
-        "--prompt_dropout", "0.1", "--data_path", str(data), "--output_dir", str(out),
-        "--batch_size", "4", "--epochs", "3", "--warmup_epochs", "1", "--lr", "0.5",
-        "--save_ckpt_freq", "1", "--seed", "3", "--is_aa", "--aa", "rand-m4-n2-mstd0.2-inc1",
-        "--reprob", "0.25", "--num_sample", "2",
-    ]  # fmt: skip
-    flags[flags.index("--num_workers") + 1] = str(workers)
-    return flags
-
-
-def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "checkpoint-0002" / "model.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(square_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("uninterrupted")
-    assert main(["train", *apt_flags(square_data, out, workers=1)]) == 0
-    return out
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = final_weights(a), final_weights(b)
-    assert set(wa) == set(wb) and "kv_prompts.prompt_embeddings_k" in wa
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
 
 
 @pytest.mark.slow

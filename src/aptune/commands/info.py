@@ -1,4 +1,4 @@
-"""``aptune info RUN``: a run's config, parameter report and final metrics."""
+"""``aptune info RUN``: a run's checkpoints (each verified), config, parameters, metrics."""
 
 from __future__ import annotations
 
@@ -9,14 +9,22 @@ import yaml
 
 from aptune.build import build_model
 from aptune.config import method_options
+from aptune.engine.checkpoint import BEST_NAME, checkpoint_folders
+from aptune.engine.integrity import status
 from aptune.engine.run import load_run
 from aptune.tuning import parameter_report
 
 
 def run_info(args: argparse.Namespace) -> int:
     run = Path(args.run)
+    print(f"run: {run}\ncheckpoints (newest first):")
+    folders = checkpoint_folders(run) + ([run / BEST_NAME] if (run / BEST_NAME).is_dir() else [])
+    for folder in folders:
+        print(f"  {folder.name}: {status(folder)}")
+    if not folders:
+        print("  none")
     cfg, ckpt = load_run(run, "last")
-    print(f"run: {run}\nlatest checkpoint: {ckpt}")
+    print(f"latest verified checkpoint: {ckpt}")
     print(yaml.safe_dump({k: v for k, v in sorted(vars(cfg).items()) if k != "func"}))
     model = build_model(
         cfg.model, num_classes=cfg.nb_classes, transfer_type=cfg.transfer_type,
@@ -31,6 +39,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def add_info_parser(subparsers) -> None:
-    i = subparsers.add_parser("info", help="config, parameter report and metrics of a run")
+    i = subparsers.add_parser("info", help="checkpoint status, config, parameters, metrics")
     i.add_argument("run")
     i.set_defaults(func=run_info)

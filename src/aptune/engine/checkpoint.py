@@ -72,6 +72,7 @@ from aptune.models.checkpoint_io import CheckpointError
 __all__ = [
     "FORMAT", "MODEL_FILE", "CheckpointWriteError", "ResumeError", "capture_rng",
     "check_complete", "checkpoint_folders", "checkpoint_name", "find_latest_checkpoint",
+    "latest_verified",
     "load_model_weights", "load_training_state", "model_tensors", "restore_rng",
     "save_best", "save_model_weights", "save_training_state",
 ]  # fmt: skip
@@ -360,6 +361,19 @@ def find_latest_checkpoint(
             continue
         return folder
     return None
+
+
+def latest_verified(output_dir: str | Path) -> Path | None:
+    """:func:`find_latest_checkpoint`, but a run whose checkpoints all fail verification
+    stops with one line naming the newest instead of silently starting over."""
+    found = find_latest_checkpoint(output_dir)
+    folders = checkpoint_folders(output_dir)
+    if found is None and folders:
+        try:
+            check_complete(folders[0])
+        except ResumeError as e:
+            raise ResumeError(f"no verified checkpoint left in {output_dir} ({e})") from None
+    return found
 
 
 def load_training_state(

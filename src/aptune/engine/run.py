@@ -27,6 +27,7 @@ from aptune.engine.checkpoint import (
     ResumeError,
     check_complete,
     find_latest_checkpoint,
+    latest_verified,
     load_model_weights,
     load_training_state,
     restore_rng,
@@ -93,7 +94,7 @@ class Resumed:
 def _resume(args, model, ts, out: Path) -> Resumed:
     path, verified = (Path(args.resume), False) if args.resume else (None, False)
     if path is None and args.auto_resume:
-        path, verified = find_latest_checkpoint(out), True
+        path, verified = latest_verified(out), True
     if path is None:
         return Resumed(args.start_epoch)
     state = load_training_state(path, model, ts.optimizer, ts.scaler, ts.ema, verified=verified)
@@ -284,7 +285,7 @@ def load_run(run: Path, which: str = "last") -> tuple[argparse.Namespace, Path]:
         if (ckpt / "model.safetensors").is_file():
             check_complete(ckpt)  # corrupt: one line naming it (no older "best" to use)
     else:
-        ckpt = find_latest_checkpoint(run)  # verified; corrupt ones named and skipped
+        ckpt = latest_verified(run)  # corrupt ones named and skipped
     if ckpt is None or not (ckpt / "model.safetensors").is_file():
         raise ConfigError(f"{run}: no complete {which} checkpoint; train the run first")
     return args, ckpt
