@@ -134,9 +134,20 @@ def test_predict_timeline_cli_writes_csv_json_png(trained_run, long_video, tmp_p
     assert (out / "long.timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_stride_without_timeline_is_refused(trained_run, long_video, capsys):
-    assert main(["predict", str(long_video), "--run", str(trained_run), "--stride", "2"]) == 2
+def test_timeline_json_and_refusals(trained_run, long_video, tmp_path, capsys):
+    base = ["predict", str(long_video), "--run", str(trained_run), "--which", "last"]
+    assert main([*base, "--timeline", "--json", "--out", str(tmp_path), "--no_progress"]) == 0
+    (item,) = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in item["segments"]] == SEGMENTS
+    assert Path(item["files"]["csv"]).is_file()
+    assert main([*base, "--stride", "2"]) == 2  # --stride means nothing without --timeline
     assert "--timeline" in capsys.readouterr().err
+    other = tmp_path / "b" / "long.mp4"
+    other.parent.mkdir()
+    other.write_bytes(long_video.read_bytes())
+    two = ["predict", str(long_video), str(other), "--run", str(trained_run), "--timeline"]
+    assert main(two) == 2
+    assert "named 'long'" in capsys.readouterr().err  # would overwrite each other
 
 
 def test_extract_features_reproduce_predict(trained_run, square_data, tmp_path):

@@ -136,23 +136,42 @@ def predict_timeline(
 
 def run_timelines(args: argparse.Namespace) -> int:
     check_videos(args.videos)
+    stems = [Path(v.rstrip("/")).stem for v in args.videos]
+    twice = next((s for s in stems if stems.count(s) > 1), None)
+    if twice is not None:
+        raise DataError(
+            f"two videos are named {twice!r}: their timelines would overwrite each "
+            "other in --out; run them separately with different --out"
+        )
     trained = open_run(args.run, args.which)
     out = Path(args.out or ".")
     stride = 1.0 if args.stride is None else args.stride
+    report = []
     for video in args.videos:
         rows, probs, meta = predict_timeline(
             trained, video, stride, args.topk, args.batch_size, args.bf16, not args.no_progress
         )
         paths = write_timeline(video, rows, probs, trained.class_names, out, meta)
+        report.append(
+            {
+                "video": video,
+                "files": {k: str(p) for k, p in paths.items()},
+                "segments": segments(rows),
+            }
+        )
+        if args.json:
+            continue
         print(
             f"{video}: {len(rows)} windows of {meta['clip_frames']} frames x rate "
             f"{meta['sampling_rate']}, every {stride:g} s -> {paths['csv']}"
         )
-        for seg in segments(rows):
+        for seg in report[-1]["segments"]:
             print(
                 f"  {seg['start_s']:8.2f}s - {seg['end_s']:8.2f}s  {seg['name']:<30} "
                 f"{100 * seg['mean_prob']:6.2f}%  ({seg['windows']} windows)"
             )
+    if args.json:
+        print(json.dumps(report, indent=2))
     return 0
 
 
