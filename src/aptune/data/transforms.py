@@ -11,7 +11,6 @@ Inputs are uint8 (T, H, W, 3) arrays; outputs float (3, T, S, S).
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .augment_ops import ClipRandAugment
 from .sampling import crop_starts
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,12 +26,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) * 255
 _STD255 = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) * 255
 REFERENCE_RATIO = (0.75, 1.3333)  # the reference's literal aspect range (`asp`)
-_PIL_INTERP = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 
 
 def normalize(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -81,64 +75,6 @@ def sample_crop_box(
             w, h = w_r, h_r
         y0, x0 = (h_r - h) / 2, (w_r - w) / 2
     return (x0 / f, y0 / f, min((x0 + w) / f, width), min((y0 + h) / f, height))
-
-
-def _posterize_to_black(img: Image.Image, *_args, **_kwargs) -> Image.Image:
-    """Posterize keeping 0 bits: black, what older Pillow returned (the reference's result)."""
-    return Image.new(img.mode, img.size)
-
-
-class ClipRandAugment:
-    """timm's RandAugment with one draw of ops and magnitudes for all frames of a clip, as the
-    reference's list-aware copy of it (the same op and magnitude for every frame).
-
-    The ops are drawn once from the global `random` / `np.random`, seeded from the clip's
-    seed (and restored afterwards), then each chosen op runs on every frame. The fill of the
-    geometric ops is timm's default grey (128, 128, 128), as in the reference.
-    """
-
-    def __init__(self, config_str: str, input_size: int, interpolation: str = "bicubic"):
-        from timm.data.auto_augment import rand_augment_transform
-
-        hparams: dict = {"translate_const": int(input_size * 0.45)}
-        if interpolation in _PIL_INTERP:
-            hparams["interpolation"] = _PIL_INTERP[interpolation]
-        self.op = rand_augment_transform(config_str, hparams)
-
-    def draw(self, seed: int) -> list[tuple]:
-        """[(op name, aug_fn, level args, kwargs)] of the ops that fire for this clip."""
-        ra = self.op
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            random.seed(seed)
-            np.random.seed(seed)
-            chosen = np.random.choice(
-                ra.ops, ra.num_layers, replace=ra.choice_weights is None, p=ra.choice_weights
-            )
-            fired = []
-            for op in chosen:  # timm's AugmentOp.__call__, drawn once instead of per frame
-                if op.prob < 1.0 and random.random() > op.prob:
-                    continue
-                magnitude = op.magnitude
-                if op.magnitude_std == float("inf"):
-                    magnitude = random.uniform(0, magnitude)
-                elif op.magnitude_std > 0:
-                    magnitude = random.gauss(magnitude, op.magnitude_std)
-                magnitude = max(0.0, min(magnitude, op.magnitude_max or 10.0))
-                args = op.level_fn(magnitude, op.hparams) if op.level_fn is not None else ()
-                fn = op.aug_fn
-                if op.name.startswith("Posterize") and args[0] <= 0:
-                    fn = _posterize_to_black  # Pillow >= 10 rejects 0 bits; timm would raise
-                fired.append((op.name, fn, args, op.kwargs))
-            return fired
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-    def __call__(self, frames: list[Image.Image], seed: int) -> list[Image.Image]:
-        for _name, fn, args, kwargs in self.draw(seed):
-            frames = [fn(frame, *args, **kwargs) for frame in frames]
-        return frames
 
 
 def erase_tube(
@@ -220,6 +156,7 @@ class TrainTransform:
     remode: str = "pixel"
     recount: int = 1
     crop_scale: tuple[float, float] = (0.08, 1.0)  # area range of the random resized crop
+    whole_frames: bool = False  # RandAugment on whole frames, literally (tests, benchmarks)
 
     def __post_init__(self) -> None:
         self._rand_augment = (
@@ -230,20 +167,36 @@ class TrainTransform:
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         _, height, width, _ = frames.shape  # (T, H, W, 3)
-        if self._rand_augment is not None:
-            seed = int(rng.integers(2**31))
-            images = self._rand_augment([Image.fromarray(f) for f in frames], seed)
-            frames = np.stack([np.asarray(im) for im in images])
+        seed = int(rng.integers(2**31)) if self._rand_augment is not None else 0
         top, left, h, w = reference_crop_box(height, width, rng, tuple(self.crop_scale))
-        # normalising is per-channel affine, so it commutes with the crop and the bilinear
-        # weights (which sum to 1): normalise only the box, same values as frame-then-crop
-        clip = normalize(frames[:, top : top + h, left : left + w])  # (3, T, h, w)
-        clip = resize_bilinear(clip, (self.input_size, self.input_size))  # (3, T, S, S)
-        if self.flip and rng.random() < 0.5:
-            clip = clip.flip(-1)
+        flip = self.flip and rng.random() < 0.5
+        size = (self.input_size, self.input_size)
+        if self.whole_frames:
+            clip = self._literal(frames, seed, (top, left, h, w))
+            clip = clip.flip(-1) if flip else clip
+        else:
+            box = frames[:, top : top + h, left : left + w]
+            if self._rand_augment is not None:  # the same pixels, computing only the box
+                box = self._rand_augment.augment_box(frames, seed, (left, top, w, h))
+            t = torch.from_numpy(np.ascontiguousarray(box)).permute(0, 3, 1, 2)  # (T, 3, h, w)
+            t = t.flip(-1) if flip else t  # flip commutes with the mirror-symmetric resize
+            # uint8 until the last step: bilinear on uint8 (channels-last: the fast kernel),
+            # then normalise the S x S result; rounding moves a pixel by at most 1/255
+            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
+            clip = normalize(t.permute(0, 2, 3, 1))  # (T, S, S, 3) -> (3, T, S, S)
         if self.reprob > 0 and rng.random() < self.reprob:
             clip = erase_tube(clip, rng, self.remode, self.recount)
-        return clip.contiguous()
+        return clip
+
+    def _literal(self, frames: np.ndarray, seed: int, box: tuple[int, ...]) -> torch.Tensor:
+        """The reference's steps as it runs them: RandAugment on whole frames, normalise the
+        whole float frame, crop, bilinear resize in float (tests and benchmarks)."""
+        top, left, h, w = box
+        if self._rand_augment is not None:
+            images = self._rand_augment([Image.fromarray(f) for f in frames], seed)
+            frames = np.stack([np.asarray(im) for im in images])
+        clip = normalize(frames)[:, :, top : top + h, left : left + w]  # (3, T, h, w)
+        return resize_bilinear(clip, (self.input_size, self.input_size)).contiguous()
 
 
 def short_side_sizes(height: int, width: int, size: int) -> tuple[int, int]:
