@@ -101,6 +101,26 @@ def test_onnx_export_matches_pytorch_in_onnxruntime(apt_run, tmp_path):
     assert json.loads((tmp_path / "model.onnx.json").read_text())["format"] == "onnx"
 
 
+def test_onnx_falls_back_to_the_torchscript_based_exporter(apt_run, tmp_path, monkeypatch):
+    real = torch.onnx.export
+
+    def no_dynamo(*args, dynamo=True, **kw):
+        if dynamo:
+            raise RuntimeError("cannot capture this graph")
+        return real(*args, dynamo=False, **kw)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    out = tmp_path / "legacy.onnx"
+    assert export_run(apt_run, "onnx", out) < TOLERANCE  # checked in onnxruntime
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 8, 32, 32)
+    with torch.no_grad():
+        ref = aptune.load_run(apt_run)(x).numpy()
+    assert np.allclose(session.run(None, {"clips": x.numpy()})[0], ref, atol=1e-4)
+
+
 def test_onnx_without_the_extra_is_one_line(trained_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     out = tmp_path / "m.onnx"
