@@ -204,6 +204,7 @@ def test_report_renders_in_headless_chromium(trained_run, tmp_path):
     assert dark[: img.shape[0] // 2].mean() > 0.005  # the top half has content too
 
 
+@pytest.mark.slow
 def test_report_stays_readable_at_174_classes(trained_run, tmp_path):
     run = tmp_path / "ssv2"
     run.mkdir()
