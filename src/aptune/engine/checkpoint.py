@@ -84,7 +84,7 @@ CONFIG_FILE, COMPLETE_FILE = "config.json", "COMPLETE"
 BEST_NAME = "checkpoint-best"
 TMP_PREFIX = ".tmp-checkpoint-"
 _EPOCH_DIR = re.compile(r"^checkpoint-(\d+)(?:-step(\d+))?$")
-_MARGIN = 1 << 20  # config, marker, safetensors headers, zip overhead
+_MARGIN = 64 << 10  # config, marker, safetensors headers, zip overhead
 
 
 class ResumeError(RuntimeError):
