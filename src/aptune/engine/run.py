@@ -25,6 +25,7 @@ from aptune.engine import builders as T
 from aptune.engine.checkpoint import (
     BEST_NAME,
     ResumeError,
+    capture_rng,
     check_complete,
     find_latest_checkpoint,
     latest_verified,
@@ -91,7 +92,7 @@ class Resumed:
     mixup: str | None = None  # the mixup generator's state (JSON)
 
 
-def _resume(args, model, ts, out: Path) -> Resumed:
+def _resume(args, model, ts, out: Path, info: DistInfo) -> Resumed:
     path, verified = (Path(args.resume), False) if args.resume else (None, False)
     if path is None and args.auto_resume:
         path, verified = latest_verified(out), True
@@ -104,7 +105,14 @@ def _resume(args, model, ts, out: Path) -> Resumed:
              f", then {mid['step']} steps of epoch {mid['epoch']}" if mid else "")  # fmt: skip
     if mid is None:
         return Resumed(state["epoch"] + 1, extra)
-    return Resumed(mid["epoch"], extra, mid["step"], mid["stats"], state["rng"], mid.get("mixup"))
+    ranks = mid["ranks"]  # every rank's RNG, mixup and loss sums at the step
+    own = ranks[info.rank] if len(ranks) == info.world_size else None
+    if own is None:  # another world size: the data split differs anyway, reseed per rank
+        log.warning("%s was written by %d process(es), this run has %d: the interrupted "
+                    "epoch continues with fresh per-rank random streams", path, len(ranks),
+                    info.world_size)  # fmt: skip
+        return Resumed(mid["epoch"], extra, mid["step"], None, None, None)
+    return Resumed(mid["epoch"], extra, mid["step"], own["stats"], own["rng"], own["mixup"])
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -177,7 +185,7 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
     steps = T.steps_per_epoch(len(datasets["train"]), args, info)
     ts = T.build_train_step(args, model, ddp_model, info, steps)
     loaders = {s: T.EpochLoader(d, args, info, train=s == "train") for s, d in datasets.items()}
-    resumed = _resume(args, model, ts, out)
+    resumed = _resume(args, model, ts, out, info)
     logger = RunLogger(out, args.log_dir, info.is_main, resumed.epoch)
     best = resumed.extra.get("best", {"top1": -1.0, "epoch": -1})
     saver = _Saver(args, info, out, model, ts, T.trains_backbone(model))
@@ -206,8 +214,10 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
                         raise _stop(signum, None, info)
                     return False
                 mixup = ts.mixup.rng.bit_generator.state if ts.mixup is not None else None
+                mine = {"rng": capture_rng(), "mixup": json.dumps(mixup), "stats": stats.carry()}
+                ranks = all_gather_objects(mine, info)  # each rank resumes its own streams
                 extra = {"best": best, "mid_epoch": {"epoch": epoch, "step": done,
-                         "stats": stats.carry(), "mixup": json.dumps(mixup)}}  # fmt: skip
+                                                     "ranks": ranks}}  # fmt: skip
                 folder = saver.state(epoch, extra, step=done)
                 if signum:
                     raise _stop(signum, folder, info)
