@@ -99,12 +99,16 @@ def main() -> None:
             clips = [[s + 4 * k for k in range(16)] for s in starts]
             times: dict[str, list[float]] = {label: [] for label in readers}
             wrong = 0
-            for _ in range(args.repeats):  # interleaved: the machine is shared and noisy
-                for clip in clips:
-                    for label, make in readers.items():
+            labels = list(readers)
+            for repeat in range(args.repeats):  # interleaved: the machine is shared and noisy
+                for c, clip in enumerate(clips):
+                    shift = (repeat + c) % len(labels)  # rotate who goes first
+                    for label in labels[shift:] + labels[:shift]:
+                        make = readers[label]
                         seconds, frames = clip_time(make, path, clip)
                         times[label].append(seconds)
-                        bad = sum(not np.array_equal(f, reference[i]) for f, i in zip(frames, clip))
+                        pairs = zip(frames, clip)
+                        bad = sum(not np.array_equal(f, reference[i]) for f, i in pairs)
                         if label == "old":
                             wrong += bad
                         else:

@@ -140,12 +140,12 @@ class PyAVReader(VideoReader):
         for packet in self._container.demux(stream):
             if packet.size == 0:
                 continue
-            rows.append((packet.pts, packet.dts, packet.pos, bool(packet.is_keyframe)))
+            rows.append((packet.pts, packet.dts, packet.pos, packet.is_keyframe, packet.is_discard))
             if parse:
                 payloads.append(bytes(packet))
         if not rows:
             raise VideoDecodeError(f"video has no frames: {self.path}")
-        pts, dts, pos, key = (list(column) for column in zip(*rows))
+        pts, dts, pos, key, discard = (list(column) for column in zip(*rows))
         self._ident = None  # how a packet met again after a seek is recognised
         for kind, values in (("dts", dts), ("pos", pos)):
             if None not in values and len(set(values)) == len(values):
@@ -156,9 +156,11 @@ class PyAVReader(VideoReader):
         self._rank: dict[int, int] | None = None  # pts -> display position, where pts are real
         self._skip: dict[int, range] = {}  # keyframe packet -> packets not to decode after it
         if not untimed and None not in pts and len(set(pts)) == len(pts):
-            self._rank = {p: i for i, p in enumerate(sorted(pts))}
-            self._pts = pts
-            self.num_frames, first = len(pts), [self._rank[p] for p in pts]
+            # an edit list can mark packets "discard": decoded as references, never shown
+            shown = sorted(p for p, d in zip(pts, discard) if not d)
+            self._rank, self._pts = {p: i for i, p in enumerate(shown)}, pts
+            self._hidden = {p for p, d in zip(pts, discard) if d}
+            self.num_frames, first = len(shown), [self._rank.get(p) for p in pts]
         elif parse:
             extradata = stream.codec_context.extradata or b""
             self.num_frames, first, self._skip = mpeg4_positions(payloads, extradata)
@@ -232,7 +234,8 @@ class PyAVReader(VideoReader):
             if index in skip:
                 continue
             if packet is not None and self._rank is not None and self.skip_nonref:
-                codec.skip_frame = "DEFAULT" if self._rank[self._pts[index]] in wanted else "NONREF"
+                shown = self._rank.get(self._pts[index])
+                codec.skip_frame = "DEFAULT" if shown in wanted else "NONREF"
             elif packet is not None and self._rank is None:
                 packet.pts = index  # tag: the decoder passes it on to the frame it starts
             for frame in codec.decode(packet):
@@ -248,6 +251,8 @@ class PyAVReader(VideoReader):
                 return last + 1
             return start if frame.pts == first or frame.key_frame else None
         at = self._rank.get(frame.pts)
+        if frame.pts in self._hidden:
+            return None
         if last is None:
             return at if at is not None and at >= start else None
         return at if at is not None and at > last else last + 1  # keep the order monotone
