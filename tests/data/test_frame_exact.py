@@ -156,3 +156,37 @@ def test_unwanted_non_reference_frames_are_skipped_exactly(videos):
         for frame, i in zip(got, clip):
             assert np.array_equal(frame, reference[i]), (skip, i)
     assert decoded[True] < 0.85 * decoded[False]
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_eval_and_train_paths_read_exact_frames(tmp_path, videos, monkeypatch, cached):
+    """Datasets (test views, training clips, with or without the cache) get exact frames."""
+    from aptune.data import DataConfig, build_dataset
+    from aptune.data.decode import VideoReader
+    from aptune.data.lists import write_video_list
+
+    path, reference = videos["packed_bf2.avi"]
+    for split in ("train", "val", "test"):
+        write_video_list(tmp_path / f"{split}.csv", [(str(path), 0)])
+    seen: list[tuple[list[int], np.ndarray]] = []
+    real = VideoReader.get_frames
+
+    def recording(self, indices):
+        frames = real(self, indices)
+        seen.append((list(indices), frames))
+        return frames
+
+    monkeypatch.setattr(VideoReader, "get_frames", recording)
+    cfg = DataConfig(
+        data_set="UCF101", data_path=str(tmp_path), nb_classes=1, num_frames=8,
+        sampling_rate=4, input_size=32, short_side_size=40, test_num_segment=3,
+        test_num_crop=1, decode_cache=str(tmp_path / "cache") if cached else None,
+    )  # fmt: skip
+    for split in ("test", "train"):
+        dataset = build_dataset(split, cfg)
+        for item in range(len(dataset)):
+            dataset[item]
+    dataset_reads = [(ix, frames) for ix, frames in seen if len(ix) == 8]
+    assert len(dataset_reads) >= 4
+    for ix, frames in dataset_reads:
+        np.testing.assert_array_equal(frames, reference[ix])
