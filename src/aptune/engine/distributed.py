@@ -144,6 +144,8 @@ def _attempt_store(rank: int, world: int, timeout: float) -> dist.Store:
         agent.set_timeout(timedelta(seconds=left))
         h, p, nonce = agent.get(STORE_KEY).decode().rsplit(":", 2)
         try:
+            # probe first: TCPStore would log a C++ stack trace for every refused retry
+            socket.create_connection((h, int(p)), timeout=min(3.0, left)).close()
             own = dist.TCPStore(h, int(p), world, False, timedelta(seconds=min(3.0, left)))
             own.set_timeout(timedelta(seconds=min(3.0, left)))
             if own.get("nonce").decode() == nonce:
