@@ -1,123 +1,136 @@
-"""Data pipeline throughput vs. the APT ViT-S train step, on this machine.
+"""Training clips per CPU-second, one thread: the seed's clip path vs the reference-exact one.
 
-Decoded + augmented training clips per second (16 frames, 224 px, RandAugment
-rand-m4-n2-mstd0.2-inc1, random erasing) for avi/mpeg4, mp4/h264 and webm/vp9 videos of
-320x240, with PyAV and decord (when installed), DataLoader num_workers 0 and 2; then one APT
-ViT-S train step (batch 1, forward + backward + AdamW) if `aptune.build_model` exists.
+Per container (320x240 avi/mpeg4, 340x256 mp4/h264, 320x240 webm/vp9, 96 frames), one
+training item = open + decode one 16x4 dense clip + `--num_sample` augmented clips (224 px,
+RandAugment rand-m4-n2-mstd0.2-inc1, random resized crop, flip, reprob 0.25), measured with
+`time.process_time` on one thread. Three paths, interleaved, medians of `--repeats`:
 
-    python benchmarks/bench_data.py [--clips 24] [--no-model]
+- seed:    the clip path before issue 17 (exact-stride indices, jittered crop resized by
+           PIL bicubic, RandAugment on the 224 px crop), kept here verbatim to measure;
+- literal: the reference's order as it runs it (RandAugment on whole frames, normalise,
+           crop, float bilinear) = `TrainTransform(whole_frames=True)`;
+- new:     aptune's path: the same pixels, RandAugment only on the crop box, uint8 resize.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_data.py [--videos 3] [--items 40] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from PIL import Image
 
-from aptune.data import DataConfig, build_dataset, collate_clips, decord_available, open_video
-from aptune.data.lists import write_video_list
-from aptune.data.sampling import dense_indices
+from aptune.data import open_video
+from aptune.data.sampling import dense_indices, dense_train_indices
 from aptune.data.synthetic import make_clip, write_video
+from aptune.data.transforms import TrainTransform, erase_tube, normalize, sample_crop_box
 
-FORMATS = ("avi", "mp4", "webm")
+AA = "rand-m4-n2-mstd0.2-inc1"
+CONTAINERS = {"avi/mpeg4": ("avi", (240, 320)), "mp4/h264": ("mp4", (256, 340))}
+CONTAINERS["webm/vp9"] = ("webm", (240, 320))
 
 
-def make_videos(root: Path, n: int = 3, frames: int = 96) -> dict[str, list[str]]:
-    """`n` 320x240 25 fps videos per container, built from 32-frame synthetic chunks."""
+class SeedTrainTransform:
+    """The training transform of the seed (before issue 17), kept to measure against."""
+
+    def __init__(self, input_size: int = 224, reprob: float = 0.25):
+        from timm.data.auto_augment import rand_augment_transform
+
+        hparams = {"translate_const": int(input_size * 0.45), "img_mean": (124, 116, 104)}
+        hparams["interpolation"] = Image.Resampling.BICUBIC
+        self.op, self.size, self.reprob = rand_augment_transform(AA, hparams), input_size, reprob
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        box = sample_crop_box(frames.shape[1], frames.shape[2], self.size, rng)
+        flip, seed = rng.random() < 0.5, int(rng.integers(2**31))
+        size = (self.size, self.size)
+        bicubic = Image.Resampling.BICUBIC
+        images = [Image.fromarray(f).resize(size, bicubic, box=box) for f in frames]
+        if flip:
+            images = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
+        py_state, np_state = random.getstate(), np.random.get_state()
+        out = []
+        for im in images:  # timm's op re-seeded per frame: the same draw for every frame
+            random.seed(seed)
+            np.random.seed(seed)
+            out.append(self.op(im))
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        clip = normalize(np.stack([np.asarray(im) for im in out]))
+        if rng.random() < self.reprob:
+            clip = erase_tube(clip, rng)
+        return clip
+
+
+def make_videos(root: Path, n: int, frames: int = 96) -> dict[str, list[str]]:
+    """`n` 25 fps videos per container, built from 32-frame synthetic chunks."""
     rng = np.random.default_rng(0)
-    out: dict[str, list[str]] = {f: [] for f in FORMATS}
-    for k in range(n):
-        clip = np.concatenate([make_clip(k + c, 32, (240, 320), rng) for c in range(frames // 32)])
-        for fmt in FORMATS:
-            out[fmt].append(str(write_video(root / f"{fmt}_{k}.{fmt}", clip, 25, gop=12)))
+    out: dict[str, list[str]] = {}
+    for name, (ext, hw) in CONTAINERS.items():
+        out[name] = []
+        for k in range(n):
+            clip = np.concatenate([make_clip(k + c, 32, hw, rng) for c in range(frames // 32)])
+            out[name].append(str(write_video(root / f"{ext}_{k}.{ext}", clip, 25, gop=12)))
     return out
 
 
-def decode_ms(paths: list[str], backend: str, repeats: int = 6) -> float:
-    """Milliseconds to open a video and decode one dense 16x4 clip."""
-    rng = np.random.default_rng(0)
-    start = time.perf_counter()
-    for r in range(repeats):
-        with open_video(paths[r % len(paths)], backend) as reader:
-            reader.get_frames(dense_indices(reader.num_frames, 16, 4, rng))
-    return (time.perf_counter() - start) / repeats * 1000
-
-
-def clips_per_second(data_path: str, backend: str, workers: int, clips: int) -> float:
-    cfg = DataConfig(data_set="UCF101", data_path=data_path, nb_classes=3, backend=backend,
-                     is_aa=True, aa="rand-m4-n2-mstd0.2-inc1")  # fmt: skip
-    ds = build_dataset("train", cfg)
-    sampler = RandomSampler(ds, replacement=True, num_samples=clips + max(workers, 1))
-    loader = DataLoader(ds, batch_size=1, sampler=sampler, num_workers=workers,
-                        collate_fn=collate_clips)  # fmt: skip
-    it = iter(loader)
-    for _ in range(max(workers, 1)):  # warm-up: worker start, first decode
-        next(it)
-    start = time.perf_counter()
-    n = sum(len(b) for b in it)
-    return n / (time.perf_counter() - start)
-
-
-def model_step_seconds(steps: int = 3, bf16: bool = True) -> float | None:
-    """Seconds per APT ViT-S train step at batch 1 (None if the model is not available)."""
-    try:
-        from aptune import build_model
-    except ImportError:
-        return None
-    model = build_model("vit_small_patch16_224", num_classes=101, transfer_type="prompt",
-                        prompt_num_tokens=1, num_frames=16, input_size=224)  # fmt: skip
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    x, y = torch.randn(1, 3, 16, 224, 224), torch.tensor([3])
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[1:]))
+def run_items(paths, sampler, transform, items: int, num_sample: int, seed: int):
+    """CPU seconds (decode, augment) for `items` training items over `paths`."""
+    rng = np.random.default_rng(seed)
+    decode = augment = 0.0
+    for i in range(items):
+        start = time.process_time()
+        with open_video(paths[i % len(paths)], "pyav") as reader:
+            frames = reader.get_frames(sampler(reader.num_frames, 16, 4, rng))
+        mid = time.process_time()
+        for _ in range(num_sample):
+            transform(frames, rng)
+        decode, augment = decode + mid - start, augment + time.process_time() - mid
+    return decode, augment
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=24, help="clips timed per setting")
-    parser.add_argument("--no-model", action="store_true", help="skip the model train step")
+    parser.add_argument("--videos", type=int, default=3, help="videos per container")
+    parser.add_argument("--items", type=int, default=40, help="training items per repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats")
+    parser.add_argument("--num_sample", type=int, default=2)
     args = parser.parse_args()
-    backends = ["pyav"] + (["decord"] if decord_available() else [])
-    print(f"torch threads {torch.get_num_threads()}, backends {backends}")
+    torch.set_num_threads(1)
+    paths = {
+        "seed": (dense_indices, SeedTrainTransform()),
+        "literal": (dense_train_indices, TrainTransform(224, True, AA, reprob=0.25,
+                                                        whole_frames=True)),
+        "new": (dense_train_indices, TrainTransform(224, True, AA, reprob=0.25)),
+    }  # fmt: skip
+    clips = args.items * args.num_sample
+    print(f"one thread, {args.items} items x {args.num_sample} clips per repeat, "
+          f"{args.repeats} interleaved repeats, medians; CPU time (process_time)")  # fmt: skip
+    header = f"{'video':10s} {'path':8s} {'decode ms/item':>14s} {'augment ms/clip':>15s} "
+    print("\n" + header + f"{'clips/CPU-s':>12s} {'vs seed':>8s}")
     with tempfile.TemporaryDirectory() as tmp:
-        videos = make_videos(Path(tmp))
-        rows = []
-        for fmt in FORMATS:
-            write_video_list(Path(tmp) / fmt / "train.csv", [(p, 0) for p in videos[fmt]])
-            for backend in backends:
-                ms = decode_ms(videos[fmt], backend)
-                rates = [clips_per_second(f"{tmp}/{fmt}", backend, w, args.clips) for w in (0, 2)]
-                rows.append((fmt, backend, ms, *rates))
-    print(f"\n{'video':14s} {'backend':8s} {'decode 16f ms':>14s} {'clips/s w=0':>12s} "
-          f"{'clips/s w=2':>12s}")  # fmt: skip
-    names = {"avi": "avi/mpeg4", "mp4": "mp4/h264", "webm": "webm/vp9"}
-    for fmt, backend, ms, r0, r2 in rows:
-        print(f"{names[fmt]:14s} {backend:8s} {ms:14.1f} {r0:12.1f} {r2:12.1f}")
-    step = None if args.no_model else model_step_seconds()
-    if step is None:
-        print("\nmodel step: skipped (aptune.build_model not available or --no-model)")
-        return
-    model_rate = 1 / step
-    print(
-        f"\nAPT ViT-S train step, batch 1, bf16 autocast: {step:.2f} s = {model_rate:.2f} clips/s"
-    )
-    worst = min(r[4] for r in rows)
-    print(f"slowest data setting with 2 workers: {worst:.1f} clips/s = "
-          f"{worst / model_rate:.1f}x the model's clips/s")  # fmt: skip
+        videos = make_videos(Path(tmp), args.videos)
+        for name, files in videos.items():
+            times: dict[str, list[tuple[float, float]]] = {p: [] for p in paths}
+            for rep in range(args.repeats):
+                for path, (sampler, transform) in paths.items():
+                    times[path].append(
+                        run_items(files, sampler, transform, args.items, args.num_sample, rep)
+                    )
+            rates = {p: [clips / (d + a) for d, a in t] for p, t in times.items()}
+            for path in paths:
+                dec = np.median([d for d, _ in times[path]]) / args.items * 1000
+                aug = np.median([a for _, a in times[path]]) / clips * 1000
+                rate = float(np.median(rates[path]))
+                # ratio per repeat (the paths ran side by side), then the median
+                ratio = np.median([r / s for r, s in zip(rates[path], rates["seed"])])
+                print(f"{name:10s} {path:8s} {dec:14.1f} {aug:15.1f} {rate:12.2f} {ratio:7.2f}x")
 
 
 if __name__ == "__main__":

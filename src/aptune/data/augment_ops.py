@@ -148,9 +148,12 @@ class ClipRandAugment:
             frames = [op.fn(frame, *op.args, **op.kwargs) for frame in frames]
         return frames
 
-    def augment_box(self, frames: np.ndarray, seed: int, box: Region) -> np.ndarray:
-        """uint8 (T, H, W, 3) -> the box (x, y, w, h) of the augmented frames, (T, h, w, 3):
-        equal to `__call__` on whole frames then cropping, computing only what is kept."""
+    def augment_box(
+        self, frames: np.ndarray, seed: int, box: Region, flip: bool = False
+    ) -> np.ndarray:
+        """uint8 (T, H, W, 3) -> the box (x, y, w, h) of the augmented frames, (T, h, w, 3),
+        contiguous, mirrored if `flip` (in the copy that is made anyway): equal to `__call__`
+        on whole frames then cropping, computing only what is kept."""
         _, height, width, _ = frames.shape
         ops = self.draw(seed)
         whole = [i for i, op in enumerate(ops) if op.name not in POINTWISE | GEOMETRIC]
@@ -169,7 +172,8 @@ class ClipRandAugment:
                 images = [op.fn(im, *op.args, **op.kwargs) for im in images]
             images = [im.crop((x, y, x + w, y + h)) for im in images]
         elif not ops:  # nothing fired
-            return frames[:, y : y + h, x : x + w]
+            crop = frames[:, y : y + h, x : x + w]
+            return np.ascontiguousarray(crop[:, :, ::-1] if flip else crop)
         else:
             crops = frames[:, y : y + h, x : x + w]
             images = [Image.fromarray(np.ascontiguousarray(f)) for f in crops]
@@ -183,4 +187,6 @@ class ClipRandAugment:
             shifted = (a, b, a * ox + b * oy + c - ix, d, e, d * ox + e * oy + f - iy)
             images = [im.transform((ow, oh), Image.Transform.AFFINE, shifted, **op.kwargs)
                       for im in images]  # fmt: skip
+        if flip:
+            return np.stack([np.asarray(im)[:, ::-1] for im in images])
         return np.stack([np.asarray(im) for im in images])

@@ -175,11 +175,13 @@ class TrainTransform:
             clip = self._literal(frames, seed, (top, left, h, w))
             clip = clip.flip(-1) if flip else clip
         else:
-            box = frames[:, top : top + h, left : left + w]
             if self._rand_augment is not None:  # the same pixels, computing only the box
-                box = self._rand_augment.augment_box(frames, seed, (left, top, w, h))
-            t = torch.from_numpy(np.ascontiguousarray(box)).permute(0, 3, 1, 2)  # (T, 3, h, w)
-            t = t.flip(-1) if flip else t  # flip commutes with the mirror-symmetric resize
+                box = self._rand_augment.augment_box(frames, seed, (left, top, w, h), flip)
+            else:
+                box = frames[:, top : top + h, left : left + w]
+                box = np.ascontiguousarray(box[:, :, ::-1] if flip else box)
+            # flipping before the resize is the same: bilinear resizing is mirror-symmetric
+            t = torch.from_numpy(box).permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last
             # uint8 until the last step: bilinear on uint8 (channels-last: the fast kernel),
             # then normalise the S x S result; rounding moves a pixel by at most 1/255
             t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
