@@ -100,15 +100,36 @@ def pack_b_frames(source: Path, target: Path) -> Path:
             out.append(placeholder)
             keys.append(False)
         assert len(out) == len(packets)
-        with av.open(str(target), "w") as dst:
-            ost = dst.add_stream_from_template(stream)
-            for i, (data, key) in enumerate(zip(out, keys)):
-                packet = av.Packet(data)
-                packet.stream, packet.time_base = ost, stream.time_base
-                packet.pts = packet.dts = i
-                packet.is_keyframe = key
-                dst.mux(packet)
+        _write_packets(target, stream, list(zip(out, keys)))
     return target
+
+
+def insert_n_vops(source: Path, target: Path, every: int = 7) -> Path:
+    """Re-mux an mpeg4 AVI with a not-coded VOP after every `every`-th packet, as Xvid writes
+    for repeated frames: the decoder yields no frame for them."""
+    with av.open(str(source)) as inp:
+        stream = inp.streams.video[0]
+        packets = [(bytes(p), bool(p.is_keyframe)) for p in inp.demux(stream) if p.size]
+        time_bits = time_increment_bits((stream.codec_context.extradata or b"") + packets[0][0])
+        assert time_bits is not None, "no VOL header found"
+        out = []
+        for i, (data, key) in enumerate(packets):
+            out.append((data, key))
+            if i % every == every // 2:
+                out.append((_n_vop(time_bits), False))
+        _write_packets(target, stream, out)
+    return target
+
+
+def _write_packets(target: Path, template, packets: list[tuple[bytes, bool]]) -> None:
+    with av.open(str(target), "w") as dst:
+        ost = dst.add_stream_from_template(template)
+        for i, (data, key) in enumerate(packets):
+            packet = av.Packet(data)
+            packet.stream, packet.time_base = ost, template.time_base
+            packet.pts = packet.dts = i
+            packet.is_keyframe = key
+            dst.mux(packet)
 
 
 def sequential_frames(path: Path) -> np.ndarray:

@@ -90,11 +90,12 @@ def mpeg4_positions(
     Follows the decoder on a stream without timestamps: with DivX-style packing (two VOPs
     in a packet) the second I/B-VOP is buffered and decoded in place of the next packet
     (whose own I/B-VOP is buffered in turn, an N-VOP placeholder ends the chain); a
-    not-coded VOP (N-VOP) or a B-VOP before two references yields nothing; a reference is
-    shown after the B-VOPs that follow it in decode order. After a seek to a packet
-    [I, B] the leading B-VOPs cannot be decoded; their B-only packets are left out so the
-    placeholder consumes the buffered B-VOP instead of being parsed (an N-VOP's time
-    stamp would otherwise change how the next B-VOPs are predicted).
+    not-coded VOP (N-VOP) or a B-VOP before two references yields nothing (but a stream
+    without B-VOPs that ends in N-VOPs yields its last frame once more when the decoder is
+    flushed); a reference is shown after the B-VOPs that follow it in decode order. After
+    a seek to a packet [I, B] the leading B-VOPs cannot be decoded; their B-only packets
+    are left out so the placeholder consumes the buffered B-VOP instead of being parsed
+    (an N-VOP's time stamp would otherwise change how the next B-VOPs are predicted).
     """
     time_bits = time_increment_bits(extradata + (payloads[0] if payloads else b""))
     packed = any(_PACKED.search(data) for data in [extradata, *payloads[:4]])
@@ -104,6 +105,7 @@ def mpeg4_positions(
     pending = None  # buffered VOP: (type, coded, packet it came from, first in it)
     skip: dict[int, range] = {}
     lead_i: int | None = None  # packet [I, B] whose following B-only packets are leading
+    ends_not_coded = saw_b = False
 
     def show(origin: int, lead: bool) -> None:
         nonlocal shown
@@ -136,8 +138,13 @@ def mpeg4_positions(
                 pending = (*vops[0], i, True)  # this packet is buffered in turn
             continue
         pending = None
+        if vops:
+            ends_not_coded = not vops[0][1]
+            saw_b = saw_b or vops[0][0] == "B"
         if vops and decode(*vops[0], i, True) and packed and len(vops) > 1:
             pending = (*vops[1], i, False) if vops[1][0] in "IB" else None
     if held is not None:
         show(*held)
+    if ends_not_coded and not saw_b:  # FFmpeg's flush shows the last picture once more
+        shown += 1
     return shown, first, skip
