@@ -200,3 +200,18 @@ def test_eval_and_train_paths_read_exact_frames(tmp_path, videos, monkeypatch, c
     assert len(dataset_reads) >= 4
     for ix, frames in dataset_reads:
         np.testing.assert_array_equal(frames, reference[ix])
+
+
+def test_avi_index_that_flags_every_packet_as_key(tmp_path, videos):
+    """A lying AVI index (every chunk "key"): decoding still starts only at I-VOPs."""
+    import av
+    from video_fixtures import _write_packets
+
+    path, reference = videos["mpeg4_bf2.avi"]
+    with av.open(str(path)) as inp:
+        stream = inp.streams.video[0]
+        packets = [(bytes(p), True) for p in inp.demux(stream) if p.size]
+        _write_packets(tmp_path / "allkey.avi", stream, packets)
+    with open_video(tmp_path / "allkey.avi", "pyav") as reader:
+        assert reader.num_frames == len(reference)
+        assert_exact(reader, reference, index_sets(len(reference), [12, 24], seed=3))

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VideoDecodeError
-from .mpeg4 import mpeg4_positions
+from .mpeg4 import mpeg4_positions, starts_intra
 
 log = logging.getLogger("aptune.data")
 BACKENDS = ("auto", "pyav", "decord", "frames")
@@ -164,6 +164,8 @@ class PyAVReader(VideoReader):
         elif parse:
             extradata = stream.codec_context.extradata or b""
             self.num_frames, first, self._skip = mpeg4_positions(payloads, extradata)
+            # an index that flags a P-VOP as key would start a decode without its reference
+            keyframes = [k for k in keyframes if starts_intra(payloads[k])] or [0]
         else:  # every packet one frame, keyframes close their GOP (IDR): count packets
             self.num_frames, first = len(rows), list(range(len(rows)))
         starts = sorted((first[k], k) for k in keyframes if first[k] is not None)

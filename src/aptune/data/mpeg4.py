@@ -81,6 +81,12 @@ def vops_of(data: bytes, time_bits: int | None) -> list[tuple[str, bool]]:
     return vops
 
 
+def starts_intra(data: bytes) -> bool:
+    """Whether the packet's first VOP is an I-VOP (a decode can start there)."""
+    at = data.find(b"\x00\x00\x01\xb6")
+    return 0 <= at < len(data) - 4 and data[at + 4] >> 6 == 0
+
+
 def mpeg4_positions(
     payloads: list[bytes], extradata: bytes
 ) -> tuple[int, list[int | None], dict[int, range]]:
