@@ -18,6 +18,7 @@ import importlib.util
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .mpeg4 import mpeg4_positions, starts_intra
 
 log = logging.getLogger("aptune.data")
 BACKENDS = ("auto", "pyav", "decord", "frames")
+_SCALERS = threading.local()  # one RGB scaler context per thread, kept across readers
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -124,12 +126,16 @@ class PyAVReader(VideoReader):
             raise VideoDecodeError(f"no video stream in {self.path}")
         self._stream = self._container.streams.video[0]
         self._stream.thread_count = self._threads
-        self._reformatter = av.video.reformatter.VideoReformatter()
 
     def _rgb(self, frame) -> np.ndarray:
-        """uint8 (H, W, 3), as `frame.to_ndarray(format="rgb24")` but with one scaler context
-        for the whole reader (PyAV makes one per frame object: ~1 ms each at 320x240)."""
-        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        """uint8 (H, W, 3), as `frame.to_ndarray(format="rgb24")` but through one scaler
+        context per thread (PyAV makes one per frame object: ~1 ms each at 320x240)."""
+        reformatter = getattr(_SCALERS, "rgb", None)
+        if reformatter is None:
+            import av
+
+            reformatter = _SCALERS.rgb = av.video.reformatter.VideoReformatter()
+        return reformatter.reformat(frame, format="rgb24").to_ndarray()
 
     def _index_packets(self) -> None:
         """Demux once: packet identities, seek targets, keyframes and their display positions."""
