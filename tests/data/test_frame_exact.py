@@ -215,3 +215,12 @@ def test_avi_index_that_flags_every_packet_as_key(tmp_path, videos):
     with open_video(tmp_path / "allkey.avi", "pyav") as reader:
         assert reader.num_frames == len(reference)
         assert_exact(reader, reference, index_sets(len(reference), [12, 24], seed=3))
+
+
+@pytest.mark.parametrize("name", ["packed_bf2.avi", "h264_pyramid.mp4"])
+def test_without_packet_identities_reads_from_the_start(videos, name):
+    """Fallback when packets cannot be recognised after a seek: reopen, count, still exact."""
+    path, reference = videos[name]
+    with open_video(path, "pyav") as reader:
+        reader._ident = None
+        assert_exact(reader, reference, index_sets(len(reference), [], seed=4)[:10])

@@ -233,12 +233,13 @@ class PyAVReader(VideoReader):
         """
         first, start = self._key_packet[k], self._key_pos[k]
         packets = self._packets_from(first)
+        head = next(packets)  # seeks (or reopens the file) before the decoder is taken
         codec = self._stream.codec_context
         codec.flush_buffers()
         codec.skip_frame = "DEFAULT"
         last: int | None = None
         skip = self._skip.get(first, range(0))
-        for index, packet in itertools.chain(packets, [(None, None)]):
+        for index, packet in itertools.chain([head], packets, [(None, None)]):
             if index in skip:
                 continue
             if packet is not None and self._rank is not None and self.skip_nonref:
