@@ -120,7 +120,7 @@ class Attention(nn.Module):
         if self.attn_impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, N, d)
         else:
-            attn = (q * (scale or self.scale)) @ k.transpose(-2, -1)  # (B, h, N, N+M)
+            attn = (q if self.cos_attn else q * self.scale) @ k.transpose(-2, -1)  # (B,h,N,N+M)
             out = attn.softmax(dim=-1) @ v  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(B, N, D)
         return self.proj(out)
