@@ -22,8 +22,8 @@ because disks and users do strange things. One writer (rank 0) per ``output_dir`
 disk or an I/O error is one line (:class:`CheckpointWriteError`) and the temporary
 folder is removed; the previous checkpoint is untouched.
 
-RNG state is the writing process's; in a multi-process run the other ranks should reseed
-(``seed + rank``) rather than restore rank 0's stream.
+RNG state (``rng.py``) is the writing process's; in a multi-process run the other ranks
+reseed (``seed + rank``) or, mid-epoch, restore their own states gathered into ``extra``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import tempfile
@@ -53,6 +52,7 @@ from aptune.engine.integrity import (
     manifest,
     verify_files,
 )
+from aptune.engine.rng import capture_rng, restore_rng
 from aptune.engine.weights import (
     FORMAT,
     MODEL_FILE,
@@ -78,6 +78,7 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger("aptune")
+_restore_rng = restore_rng
 
 EMA_FILE, STATE_FILE = "ema.safetensors", "state.pt"
 CONFIG_FILE, COMPLETE_FILE = "config.json", "COMPLETE"
@@ -94,47 +95,6 @@ class ResumeError(RuntimeError):
 class CheckpointWriteError(ResumeError):
     """The disk refused a checkpoint (full, I/O error). A ResumeError so the CLI prints
     the one-line message without a traceback and exits non-zero."""
-
-
-# -- RNG ------------------------------------------------------------------------------------
-def capture_rng() -> dict[str, Any]:
-    """Torch (CPU, CUDA), numpy and Python RNG states as tensors / lists / ints / str.
-
-    Plain types only, so ``torch.load(weights_only=True)`` reads them back; numpy's and
-    Python's tuples become dicts / lists.
-    """
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": str(kind),
-            "keys": [int(k) for k in keys],
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {"version": int(version), "state": list(py_state), "gauss": py_gauss},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng`; CUDA states only if CUDA is present here too."""
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    keys = np.asarray(n["keys"], dtype=np.uint32)
-    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"][: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all(cuda)
-
-
-_restore_rng = restore_rng
 
 
 # -- checkpoint folders ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ complete states, written atomically), ``checkpoint-NNNN-stepSSSSSS/`` (mid-epoch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -153,6 +154,16 @@ class _Saver:
         save_best(self.out, epoch, self.model, extra=extra, **kw)
 
 
+@contextlib.contextmanager
+def _close_on_exit(logger: RunLogger):
+    """Flush log.txt / TensorBoard when a stop signal or an error ends the epochs."""
+    try:
+        yield
+    except BaseException:
+        logger.close()
+        raise
+
+
 def _stop(signum: int, folder: Path | None, info: DistInfo) -> SystemExit:
     if info.is_main:
         saved = f"saved {folder}" if folder else "no checkpoint (--no_save_ckpt)"
@@ -191,7 +202,7 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
     saver = _Saver(args, info, out, model, ts, T.trains_backbone(model))
     every = args.save_ckpt_steps
     started = time.perf_counter()
-    with StopSignals() as signals:
+    with StopSignals() as signals, _close_on_exit(logger):
         for epoch in range(resumed.epoch, args.epochs):
             T.seed_everything(args.seed + info.rank + 7_919 * (epoch + 1))
             mid = epoch == resumed.epoch and resumed.step > 0
