@@ -53,3 +53,11 @@ def test_giant_shapes_and_closed_form_counts_with_apt(cos_attn, tokens, start, r
     assert report.groups["head (fc_norm + head)"] == (head, head)
     assert (report.trainable, report.total) == (prompts + head, backbone + prompts + head)
     assert 1.01e9 < backbone < 1.02e9  # "ViT-g, 1B parameters"
+
+
+def test_giant_refuses_an_input_size_its_patch_does_not_divide() -> None:
+    """160 px is fine for patch 16 but would silently drop 6 px per side with patch 14."""
+    with torch.device("meta"), pytest.raises(ValueError, match="patch size 14"):
+        aptune.build_model("vit_giant_patch14_224", num_classes=10, input_size=160)
+    with torch.device("meta"):
+        assert aptune.build_model("vit_giant", input_size=168).patch_embed.grid == (8, 12, 12)

@@ -20,7 +20,8 @@ from torch import nn
 
 from aptune.models.checkpoint_io import CheckpointError, read_checkpoint
 from aptune.models.hf_keys import convert_hf
-from aptune.models.vit import MODEL_SIZES, sinusoid_table
+from aptune.models.layers import sinusoid_table
+from aptune.models.vit import MODEL_SIZES
 
 FORMATS = ("videomae-pretrain", "videomae-finetune", "apt-reference", "hf", "hf-pretrain", "aptune")
 #: Name segments of tuning-method parameters (peft habit: one prefix per method).

@@ -36,6 +36,11 @@ class PatchEmbed(nn.Module):
         self, img_size: int, patch_size: int, in_chans: int, dim: int, num_frames: int, tubelet: int
     ) -> None:
         super().__init__()
+        if img_size % patch_size or num_frames % tubelet:
+            raise ValueError(
+                f"input_size {img_size} / num_frames {num_frames} must be multiples of the patch "
+                f"size {patch_size} / tubelet size {tubelet}"
+            )
         self.img_size, self.patch_size, self.tubelet_size = img_size, patch_size, tubelet
         self.grid = (num_frames // tubelet, img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
@@ -340,10 +345,8 @@ def model_spec(name: str) -> dict[str, Any]:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_SIZES)}")
     dim, depth, heads = MODEL_SIZES[key]
     patch = int(re.search(r"_patch(\d+)", key).group(1))  # type: ignore[union-attr]
-    return dict(
-        embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch,
-        mlp_ratio=MLP_RATIOS.get(key, 4.0),
-    )  # fmt: skip
+    mlp_ratio = MLP_RATIOS.get(key, 4.0)
+    return dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch, mlp_ratio=mlp_ratio)
 
 
 def create_vit(
@@ -396,7 +399,4 @@ vit_large_patch16_224 = _named("vit_large_patch16_224")
 vit_huge_patch16_224 = _named("vit_huge_patch16_224")
 vit_giant_patch14_224 = _named("vit_giant_patch14_224")  # VideoMAE V2
 
-__all__ = [
-    "Attention", "Block", "VisionTransformer", "MODEL_SIZES", "MLP_RATIOS", "create_vit",
-    "model_spec", "sinusoid_table", "init_weights", "DropPath",
-]  # fmt: skip
+__all__ = ["Attention", "Block", "VisionTransformer", "MODEL_SIZES", "create_vit", "model_spec"]
