@@ -1,8 +1,8 @@
-"""Repeat the killed-rank test many times: ``python tests/engine/elastic_repeat.py N``.
+"""Repeat the killed-rank test: ``python tests/engine/elastic_repeat.py N [NODES]``.
 
 Not collected by pytest (no ``test_`` prefix). One uninterrupted 2-process run, then N
 runs in which rank 1 is SIGKILLed after the first step checkpoint under
-``torchrun --max-restarts 1``; prints how many finished with the uninterrupted weights,
+``torchrun --max-restarts 1`` (NODES=2: two torchruns meeting through c10d); prints how many finished with the uninterrupted weights,
 and the slowest run (a hang would show as a timeout, bounded by --dist_timeout).
 """
 
@@ -18,14 +18,14 @@ from engine_support import assert_same_weights, write_dataset  # noqa: E402
 from test_elastic import run_elastic  # noqa: E402
 
 
-def main(n: int) -> int:
+def main(n: int, nodes: int = 1) -> int:
     root = Path(tempfile.mkdtemp(prefix="elastic-repeat-"))
     data = write_dataset(root / "data", {"train": 16, "val": 4, "test": 6})
     assert run_elastic(data, root / "whole", None).returncode == 0
     ok, times = 0, []
     for i in range(n):
         start = time.monotonic()
-        res = run_elastic(data, root / f"killed{i}", kill_rank=1)
+        res = run_elastic(data, root / f"killed{i}", kill_rank=1, nodes=nodes)
         times.append(time.monotonic() - start)
         try:
             assert res.returncode == 0, res.stdout[-1500:]
@@ -43,4 +43,5 @@ def main(n: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 10))
+    argv = [int(a) for a in sys.argv[1:]]
+    sys.exit(main(*(argv or [10])))

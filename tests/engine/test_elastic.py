@@ -81,35 +81,65 @@ def worker_pid(parent: int, rank: int) -> int | None:
     return None
 
 
-def torchrun(data: Path, out: Path) -> list[str]:
+def torchrun(data: Path, out: Path, node: int | None = None, port: int = 0) -> list[str]:
+    """2 processes: one torchrun with 2 (static rendezvous), or with ``node`` set one of
+    two torchruns with 1 each meeting through c10d (what ``--nnodes 2`` does on 2 hosts)."""
     flags = apt_flags(data, out) + ["--save_ckpt_steps", "2", "--disable_eval_during_finetuning"]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-            "--max-restarts", "1", "--monitor-interval", "0.5", "-m", "aptune.cli", "train",
-            *flags]  # fmt: skip
+    if node is None:
+        launch = ["--nproc-per-node", "2"]
+    else:
+        launch = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "aptune-test"]  # fmt: skip
+    return [sys.executable, "-m", "torch.distributed.run", *launch, "--max-restarts", "1",
+            "--monitor-interval", "0.5", "-m", "aptune.cli", "train", *flags]  # fmt: skip
 
 
-def run_elastic(data: Path, out: Path, kill_rank: int | None) -> subprocess.CompletedProcess:
+def run_elastic(
+    data: Path, out: Path, kill_rank: int | None, nodes: int = 1
+) -> subprocess.CompletedProcess:
+    """Run to the end; with ``kill_rank``, SIGKILL that rank once after the first step
+    checkpoint. Returns torchrun's exit code (the worst agent's) and the output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(torchrun(data, out), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    port = free_port()
+    cmds = [torchrun(data, out)] if nodes == 1 else [torchrun(data, out, n, port) for n in (0, 1)]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env) for c in cmds]  # fmt: skip
     if kill_rank is not None:
         deadline = time.time() + 400
         while not any(out.glob("checkpoint-0000-step*/COMPLETE")):
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
             assert time.time() < deadline, "no step checkpoint within 400 s"
             time.sleep(0.05)
-        pid = worker_pid(proc.pid, kill_rank)
-        assert pid is not None
+        pids = [worker_pid(p.pid, kill_rank) for p in procs]
+        pid = next(p for p in pids if p is not None)
         os.kill(pid, signal.SIGKILL)
-    text, _ = proc.communicate(timeout=900)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, text, "")
+    texts = [p.communicate(timeout=900)[0] for p in procs]
+    code = max(abs(p.returncode) for p in procs)
+    return subprocess.CompletedProcess(cmds[0], code, "\n".join(texts), "")
+
+
+@pytest.fixture(scope="module")
+def whole_two_ranks(square_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("whole")
+    res = run_elastic(square_data, out, None)
+    assert res.returncode == 0, res.stdout[-3000:]
+    return out
 
 
 @pytest.mark.slow
-def test_killed_rank_restarts_and_ends_with_the_uninterrupted_weights(square_data, tmp_path):
-    whole = run_elastic(square_data, tmp_path / "whole", None)
-    assert whole.returncode == 0, whole.stdout[-3000:]
+def test_killed_rank_restarts_and_ends_with_the_uninterrupted_weights(
+    square_data, whole_two_ranks, tmp_path
+):
     killed = run_elastic(square_data, tmp_path / "killed", kill_rank=1)
     assert killed.returncode == 0, killed.stdout[-3000:]
     assert "resumed from" in killed.stdout and "2 process(es)" in killed.stdout
-    assert_same_weights(tmp_path / "whole", tmp_path / "killed")
+    assert_same_weights(whole_two_ranks, tmp_path / "killed")
+
+
+@pytest.mark.slow
+def test_two_c10d_nodes_survive_a_killed_rank(square_data, whole_two_ranks, tmp_path):
+    """``--nnodes 2 --rdzv-backend c10d``: two agents, restart counts may differ."""
+    killed = run_elastic(square_data, tmp_path / "killed", kill_rank=1, nodes=2)
+    assert killed.returncode == 0, killed.stdout[-3000:]
+    assert "resumed from" in killed.stdout
+    assert_same_weights(whole_two_ranks, tmp_path / "killed")
