@@ -3,7 +3,8 @@
 Not collected by pytest (no ``test_`` prefix). One uninterrupted 2-process run, then N
 runs in which rank 1 is SIGKILLed after the first step checkpoint under
 ``torchrun --max-restarts 1`` (NODES=2: two torchruns meeting through c10d); prints
-how many finished with the uninterrupted weights, and the slowest run (a hang would show as a timeout, bounded by --dist_timeout).
+how many finished with the uninterrupted weights, and the slowest run (a hang would
+show as a timeout, bounded by --dist_timeout).
 """
 
 from __future__ import annotations
