@@ -229,3 +229,12 @@ def test_finetune_flag_takes_a_hub_id(hub) -> None:
     args = parse_args(argv.split(), build_train_parser())
     model = build_run_model(args, DistInfo()).eval()
     torch.testing.assert_close(_logits(model, X), _hf_logits(hub[1]["v1"], X))
+
+
+def test_hf_home_locates_the_cache_when_hf_hub_cache_is_unset(hub, tmp_path, monkeypatch) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "hub").symlink_to(hub[0], target_is_directory=True)
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    model = aptune.build_model(num_classes=5, transfer_type="linear", checkpoint="ORG/NAME")
+    torch.testing.assert_close(_logits(model.eval(), X), _hf_logits(hub[1]["main"], X))
