@@ -76,7 +76,7 @@ def _not_cached(source: str, repo: str, revision: str | None) -> CheckpointError
 def _fetch(repo: str, filename: str, revision: str | None, source: str) -> Path | None:
     """One file of the snapshot -> its cached path; None if the repository lacks it."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
+    from huggingface_hub.utils import (  # here in 0.20 (pyproject's floor) and today
         EntryNotFoundError,
         GatedRepoError,
         LocalEntryNotFoundError,
