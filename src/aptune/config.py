@@ -72,8 +72,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--finetune",
         default="",
-        help="checkpoint to start from: VideoMAE .pth, "
-        "reference APT .pth, DeepSpeed folder, Hugging Face folder, aptune .safetensors",
+        help="checkpoint to start from: VideoMAE v1/V2 .pth, reference APT .pth, DeepSpeed "
+        "folder, Hugging Face folder or Hub id (ORG/NAME[@REV], hf://ORG/NAME), "
+        "aptune .safetensors or run folder",
     )
     g.add_argument("--model_key", default="model|module", help="keys to look under, first wins")
     g.add_argument("--model_prefix", default="", help="accepted for compatibility")
@@ -359,8 +360,12 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
             f"--num_frames {args.num_frames} must be a multiple of --tubelet_size "
             f"{args.tubelet_size}"
         )
-    if args.input_size % 16:
-        raise ConfigError(f"--input_size {args.input_size} must be a multiple of 16 (patch size)")
+    patch = _patch_size(args.model)
+    if patch and args.input_size % patch:
+        raise ConfigError(
+            f"--input_size {args.input_size} must be a multiple of {patch} "
+            f"(the patch size of {args.model})"
+        )
     if args.opt_betas is not None and len(args.opt_betas) != 2:
         raise ConfigError(f"--opt_betas needs two numbers, got {args.opt_betas}")
     if args.save_ckpt_freq < 1:
@@ -372,6 +377,16 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     if args.keep_ckpts < 1:
         raise ConfigError(f"--keep_ckpts must be >= 1, got {args.keep_ckpts}")
     return args
+
+
+def _patch_size(model: str) -> int | None:
+    """Patch size of a named model (16, or 14 for ViT-g); None for names build_model rejects."""
+    from aptune.models.vit import model_spec
+
+    try:
+        return int(model_spec(model)["patch_size"])
+    except ValueError:
+        return None  # build_model names the unknown model with the choices
 
 
 def to_dict(args: argparse.Namespace) -> dict[str, Any]:
