@@ -245,3 +245,16 @@ def test_bundled_backbone_loads_and_has_a_model_card():
     # it learnt past the plateau of predicting colours (an earlier recipe stalled there:
     # 0.0279 at epoch 5, 0.0274 at the end)
     assert curve[-1] < 0.85 * curve[5]
+
+
+def test_pretrain_model_of_vit_giant_uses_its_patch_and_mlp():
+    """ViT-g pre-training builds patch 14 and MLP 6144 (on meta: no 4 GB of memory)."""
+    from aptune.pretrain.model import build_pretrain_model
+
+    with torch.device("meta"):
+        m = build_pretrain_model("vit_giant_patch14_224", num_frames=16, img_size=224)
+    assert m.patch_size == 14 and m.grid == (8, 16, 16)
+    assert m.encoder.blocks[0].mlp.fc1.weight.shape == (6144, 1408)
+    assert m.decoder.head.out_features == 3 * 2 * 14 * 14
+    with pytest.raises(ValueError, match="multiple of 14"):
+        build_pretrain_model("vit_giant_patch14_224", img_size=160)

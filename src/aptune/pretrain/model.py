@@ -18,11 +18,11 @@ from torch import nn
 from aptune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from aptune.models.vit import (
     LN_EPS,
-    MODEL_SIZES,
     AttnImpl,
     Block,
     PatchEmbed,
     init_weights,
+    model_spec,
     sinusoid_table,
 )
 
@@ -101,6 +101,7 @@ class PretrainVideoMAE(nn.Module):
         num_heads: int = 12,
         num_frames: int = 16,
         tubelet_size: int = 2,
+        mlp_ratio: float = 4.0,
         decoder_dim: int = 384,
         decoder_depth: int = 4,
         decoder_num_heads: int = 6,
@@ -110,7 +111,7 @@ class PretrainVideoMAE(nn.Module):
         super().__init__()
         self.encoder = PretrainEncoder(
             img_size, patch_size, embed_dim, depth, num_heads, num_frames, tubelet_size,
-            drop_path_rate=drop_path_rate, attn_impl=attn_impl,
+            mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate, attn_impl=attn_impl,
         )  # fmt: skip
         self.patch_size, self.tubelet_size = patch_size, tubelet_size
         self.grid: tuple[int, int, int] = self.encoder.patch_embed.grid
@@ -207,10 +208,11 @@ def build_pretrain_model(
     heads): ``decoder_dim`` defaults to D/2, ``decoder_num_heads`` to ``decoder_dim // 64``
     (at least 1).
     """
-    key = name if name in MODEL_SIZES else f"{name}_patch16_224"
-    if key not in MODEL_SIZES:
-        raise ValueError(f"--model {name!r} is unknown; choose one of {', '.join(MODEL_SIZES)}")
-    dim, depth, heads = MODEL_SIZES[key]
+    try:
+        spec = model_spec(name)  # e.g. vit_giant_patch14_224: patch 14, MLP ratio 48/11
+    except ValueError as exc:
+        raise ValueError(f"--model: {exc}") from None
+    dim, depth, heads, patch = (spec[k] for k in ("embed_dim", "depth", "num_heads", "patch_size"))
     decoder_dim = decoder_dim or dim // 2
     decoder_num_heads = decoder_num_heads or max(1, decoder_dim // 64)
     if decoder_dim % decoder_num_heads:
@@ -218,14 +220,15 @@ def build_pretrain_model(
             f"--decoder_dim {decoder_dim} is not divisible by --decoder_num_heads "
             f"{decoder_num_heads}"
         )
-    if img_size % 16 or num_frames % tubelet_size:
+    if img_size % patch or num_frames % tubelet_size:
         raise ValueError(
-            f"--input_size {img_size} must be a multiple of 16 and --num_frames {num_frames} "
-            f"a multiple of --tubelet_size {tubelet_size}"
+            f"--input_size {img_size} must be a multiple of {patch} (the patch size) and "
+            f"--num_frames {num_frames} a multiple of --tubelet_size {tubelet_size}"
         )
     return PretrainVideoMAE(
-        img_size=img_size, embed_dim=dim, depth=depth, num_heads=heads, num_frames=num_frames,
-        tubelet_size=tubelet_size, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
+        img_size=img_size, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+        num_frames=num_frames, tubelet_size=tubelet_size, mlp_ratio=spec["mlp_ratio"],
+        decoder_dim=decoder_dim, decoder_depth=decoder_depth,
         decoder_num_heads=decoder_num_heads, drop_path_rate=drop_path, attn_impl=attn_impl,
     )  # fmt: skip
 
