@@ -361,8 +361,9 @@ def evaluate_args(args: argparse.Namespace) -> dict:
         ckpt = Path(args.resume) if args.resume else None
         if ckpt is not None and not ckpt.exists():
             raise ResumeError(f"--resume {ckpt}: not found; give a checkpoint folder")
-        if ckpt is not None and (ckpt / "COMPLETE").is_file():
-            check_complete(ckpt)
+        folder = ckpt if ckpt is None or ckpt.is_dir() else ckpt.parent
+        if folder is not None and (folder / "COMPLETE").is_file():
+            check_complete(folder)  # an aptune checkpoint folder: verify its sha256s
         if ckpt is None and args.output_dir and args.auto_resume:
             ckpt = find_latest_checkpoint(Path(args.output_dir))
         if ckpt is not None:
