@@ -7,7 +7,7 @@ autograd, prompts concatenated to the keys and values. aptune runs in every comb
 that engine/speed.py chooses between: SDPA or plain attention, frozen weights stored in
 bf16 or not, torch.compile or not, and what ``--attn_impl auto`` picks.
 
-Every configuration shares one set of weights, runs once per round in a rotating order
+Every configuration shares one set of weights, runs once per round in a shuffled order
 (a noisy neighbour hits all of them alike), and reports the median over rounds. Also
 printed: activation memory a training forward keeps for backward (bytes of the saved
 tensors that are not parameters), and the bf16 GEMM floor: the step's counted FLOPs at
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -218,13 +219,17 @@ def step_flops(step: Callable) -> int:
 
 
 def median_times(steps: dict[str, Callable], rounds: int) -> dict[str, float]:
-    """One warm-up each, then ``rounds`` rounds in a rotating order; medians."""
+    """One warm-up each, then ``rounds`` rounds, each in its own shuffled order (a fixed
+    rotation would give every configuration the same predecessor, and with it the same
+    allocator and cache state); medians."""
     names = list(steps)
     for name in names:
         steps[name]()
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        order = names[:]
+        random.Random(r).shuffle(order)
+        for name in order:
             start = CLOCK()
             steps[name]()
             times[name].append(CLOCK() - start)
