@@ -18,6 +18,7 @@ import torch.distributed as dist
 from engine_support import apt_flags, assert_same_weights
 
 from aptune.engine.distributed import (
+    _OWN_STORE,
     STORE_KEY,
     DistTimeoutError,
     _attempt_store,
@@ -48,6 +49,7 @@ def test_a_stale_address_from_the_previous_attempt_is_skipped(monkeypatch):
     assert not rank1.is_alive()
     own.set("from rank 0", "fresh")
     assert got["store"].get("from rank 0") == b"fresh"  # rank 1 joined this attempt's store
+    _OWN_STORE.clear()  # stop rank 0's store server: no server thread outlives the test
 
 
 def test_a_missing_rank_ends_in_one_line_within_the_timeout(monkeypatch):
