@@ -117,3 +117,32 @@ def test_drop_path_and_layer_scale_build():
     assert "blocks.0.gamma_1" in m.state_dict()
     m.train()
     assert m(torch.randn(2, 3, 4, 32, 32)).shape == (2, 2)
+
+
+def test_plain_attention_kernel_gradients_match_autograd_of_the_formula():
+    """The row-major kernel's hand-written backward equals autograd of softmax(q k^T s) v."""
+    from aptune.models.layers import plain_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g, dtype=torch.float64) for n in (5, 7, 7))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    assert torch.autograd.gradcheck(lambda a, b, c: plain_attention(a, b, c, 0.35), (q, k, v))
+    ref = ((q * 0.35) @ k.transpose(-2, -1)).softmax(-1) @ v
+    out = plain_attention(q, k, v, 0.35)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_plain_attention_kernel_in_bf16_autocast_matches_sdpa():
+    """Under bf16 autocast the plain kernel agrees with SDPA within bf16 rounding."""
+    m = create_vit("vit_nano", num_classes=5, num_frames=4, img_size=32)
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m.set_attn_impl("sdpa")
+        a = m(x).float()
+        m.set_attn_impl("plain")
+        b = m(x).float()
+    torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)

@@ -1,5 +1,6 @@
-"""Small parameter-free pieces of the ViT: the fixed position table, stochastic depth and
-VideoMAE's weight init. Kept apart so ``vit.py`` reads as the transformer alone."""
+"""Small parameter-free pieces of the ViT: the fixed position table, stochastic depth,
+VideoMAE's weight init and the plain attention kernel. Kept apart so ``vit.py`` reads as
+the transformer alone."""
 
 from __future__ import annotations
 
@@ -57,3 +58,38 @@ def init_weights(m: nn.Module, linear_init: Callable[[torch.Tensor], object] | N
 
 
 __all__ = ["DropPath", "init_weights", "sinusoid_table"]
+
+
+class RowMajorAttention(torch.autograd.Function):
+    """``softmax(q k^T * scale) v`` with every batched matmul on row-major operands.
+
+    Why: on CPUs a bf16 ``bmm`` whose operand is a transposed view runs about 4x slower
+    than on a contiguous one (measured on an Intel Xeon with AMX; benchmarks/
+    bench_train_step.py), and autograd's own backward of ``q @ k.transpose(-2, -1)``
+    multiplies such views. Copying each transposed operand once is cheap next to that.
+    Saves q, k, v and the probabilities, as the autograd graph of the plain path does.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float):  # type: ignore[override]
+        kt = k.transpose(-2, -1).contiguous()  # (B, h, d, M)
+        p = torch.matmul(q * scale, kt).softmax(-1)  # (B, h, N, M)
+        ctx.save_for_backward(q, k, v, p)
+        ctx.scale = scale
+        return torch.matmul(p, v)  # (B, h, N, d)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        q, k, v, p = ctx.saved_tensors
+        grad = grad.contiguous()
+        dp = torch.matmul(grad, v.transpose(-2, -1).contiguous())  # (B, h, N, M)
+        dvt = torch.matmul(grad.transpose(-2, -1).contiguous(), p)  # (B, h, d, M)
+        ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # (B, h, N, M)
+        dq = torch.matmul(ds, k.contiguous()) * ctx.scale  # (B, h, N, d)
+        dkt = torch.matmul(q.transpose(-2, -1).contiguous(), ds) * ctx.scale  # (B, h, d, M)
+        return dq, dkt.transpose(-2, -1), dvt.transpose(-2, -1), None
+
+
+def plain_attention(q, k, v, scale: float):
+    """The plain (non-fused) attention path: (B, h, N, d), (B, h, M, d) x2 -> (B, h, N, d)."""
+    return RowMajorAttention.apply(q, k, v, scale)

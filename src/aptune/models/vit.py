@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aptune.models.layers import DropPath, init_weights, sinusoid_table
+from aptune.models.layers import DropPath, init_weights, plain_attention, sinusoid_table
 
 AttnImpl = Literal["sdpa", "plain"]
 LN_EPS = 1e-6
@@ -124,9 +124,8 @@ class Attention(nn.Module):
             scale = 1.0
         if self.attn_impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, N, d)
-        else:
-            attn = (q if self.cos_attn else q * self.scale) @ k.transpose(-2, -1)  # (B,h,N,N+M)
-            out = attn.softmax(dim=-1) @ v  # (B, h, N, d)
+        else:  # scores (B, h, N, N+M) kept for backward; row-major matmuls (layers.py)
+            out = plain_attention(q, k, v, 1.0 if self.cos_attn else self.scale)  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(B, N, D)
         return self.proj(out)
 
