@@ -98,3 +98,38 @@ def test_auto_falls_back_to_pyav_where_decord_fails(tmp_path, coded_frames):
 
     narrow = write_video(tmp_path / "narrow.mp4", coded_frames[:, :, :48].copy())  # decord bug
     assert [frame_index(f) for f in read_frames(narrow, [2, 7], "auto")] == [2, 7]
+
+
+class _FramesOf:
+    """A dataset that decodes in whatever process reads it (a DataLoader worker)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        with open_video(self.path, "pyav") as reader:
+            return reader.get_frames([i, i + 1])
+
+
+def test_forked_worker_decodes_after_the_parent_did(coded_videos):
+    """The per-thread RGB scaler is not reused across fork: a worker forked after the parent
+    decoded used to deadlock inside the inherited FFmpeg context."""
+    import multiprocessing
+
+    import torch
+
+    path = str(coded_videos["mp4"])
+    parent = read_frames(path, [0, 1], backend="pyav")  # the parent now owns a scaler
+    loader = torch.utils.data.DataLoader(
+        _FramesOf(path),
+        batch_size=2,
+        num_workers=1,
+        multiprocessing_context=multiprocessing.get_context("fork"),
+        timeout=60,  # a hang becomes a RuntimeError instead of a stuck suite
+    )
+    batches = [b.numpy() for b in loader]
+    assert np.array_equal(batches[0][0], parent)
+    assert [frame_index(f) for f in batches[1][1]] == [3, 4]

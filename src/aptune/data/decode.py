@@ -30,6 +30,7 @@ from .mpeg4 import mpeg4_positions, starts_intra
 log = logging.getLogger("aptune.data")
 BACKENDS = ("auto", "pyav", "decord", "frames")
 _SCALERS = threading.local()  # one RGB scaler context per thread, kept across readers
+_INHERITED: list = []  # contexts a forked child got from its parent: never used nor freed
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -130,11 +131,14 @@ class PyAVReader(VideoReader):
     def _rgb(self, frame) -> np.ndarray:
         """uint8 (H, W, 3), as `frame.to_ndarray(format="rgb24")` but through one scaler
         context per thread (PyAV makes one per frame object: ~1 ms each at 320x240)."""
-        reformatter = getattr(_SCALERS, "rgb", None)
-        if reformatter is None:
+        owner, reformatter = getattr(_SCALERS, "rgb", (None, None))
+        if owner != os.getpid():  # none yet, or inherited through fork (a DataLoader worker)
             import av
 
-            reformatter = _SCALERS.rgb = av.video.reformatter.VideoReformatter()
+            if reformatter is not None:  # the parent's context deadlocks in a forked child
+                _INHERITED.append(reformatter)
+            reformatter = av.video.reformatter.VideoReformatter()
+            _SCALERS.rgb = (os.getpid(), reformatter)
         return reformatter.reformat(frame, format="rgb24").to_ndarray()
 
     def _index_packets(self) -> None:

@@ -71,7 +71,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-_INHERITED: list = []  # scaler contexts a forked worker must neither use nor free
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -80,19 +79,6 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
     random.seed(seed)
     ignore_in_workers()
-    _drop_inherited_scaler()
-
-
-def _drop_inherited_scaler() -> None:
-    """Stopgap: ``data.decode`` keeps a PyAV RGB scaler per thread; a worker forked after
-    the parent decoded inherits the parent's and deadlocks in it (futex, measured). Put it
-    aside unfreed so the worker makes its own; remove once decode.py resets it on fork."""
-    from aptune.data import decode
-
-    scalers = getattr(decode, "_SCALERS", None)
-    if scalers is not None and hasattr(scalers, "rgb"):
-        _INHERITED.append(scalers.rgb)
-        del scalers.rgb
 
 
 class _Positioned(Dataset):
