@@ -7,7 +7,6 @@ run fine-tuned from its weights here, so the exported graph must carry prompts a
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import re
@@ -28,12 +27,6 @@ import aptune  # noqa: E402
 from aptune.cli import main  # noqa: E402
 from aptune.commands.export import TOLERANCE, export_run  # noqa: E402
 from aptune.engine.report_html import write_report  # noqa: E402
-
-# the engine tests' fixtures, reused (pytest finds them in this module's namespace)
-_spec = importlib.util.spec_from_file_location("engine_conftest_h4x", ENGINE_TESTS / "conftest.py")
-_engine = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_engine)
-square_data, trained_run = _engine.square_data, _engine.trained_run
 
 
 @pytest.fixture(scope="module")

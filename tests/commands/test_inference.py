@@ -7,7 +7,6 @@ moving left/right/up/down apart); the long video is made of segments of those mo
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -29,12 +28,6 @@ from aptune.commands.timeline import WindowStream, plan_windows, segments  # noq
 from aptune.data import open_video  # noqa: E402
 from aptune.data.synthetic import write_video  # noqa: E402
 from aptune.engine.trained import open_run  # noqa: E402
-
-# the engine tests' fixtures, reused (pytest finds them in this module's namespace)
-_spec = importlib.util.spec_from_file_location("engine_conftest_h4", ENGINE_TESTS / "conftest.py")
-_engine = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_engine)
-square_data, trained_run = _engine.square_data, _engine.trained_run
 
 SEGMENTS = ["right", "up", "left", "down"]
 SEG_FRAMES = 64  # 2.56 s at 25 fps; the run's clip spans 8 frames x rate 4 = 32 frames

@@ -32,6 +32,8 @@ def test_training_beats_chance_and_writes_reports(trained_run: Path):
         assert (trained_run / name).is_file(), name
     assert any((trained_run / "tb").iterdir()), "TensorBoard scalars missing"
     assert (trained_run / "checkpoint-best" / "model.safetensors").is_file()
+    report = (trained_run / "report.html").read_text()  # written at the end of every run
+    assert "data:image/png;base64," in report and "top-1" in report.lower()
 
 
 def test_eval_reproduces_logged_accuracy(trained_run: Path, tmp_path: Path, capsys):

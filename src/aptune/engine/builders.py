@@ -71,8 +71,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-
-
 def _seed_worker(worker_id: int) -> None:
     """Workers draw numpy/random from their torch seed, itself from the loader's generator."""
     seed = torch.initial_seed() % 2**32
@@ -209,7 +207,8 @@ def build_run_model(args: argparse.Namespace, info: DistInfo) -> VisionTransform
         init_scale=args.init_scale,
         checkpoint=args.finetune or None,
         model_key=args.model_key,
-        attn_impl="sdpa" if args.attn_impl == "auto" else args.attn_impl,
+        attn_impl="sdpa" if args.attn_impl == "auto" else args.attn_impl,  # auto: engine.speed
+        cos_attn=args.cos_attn or None,  # None: on when the checkpoint has V2's attn.scale
         **method_options(args),
     )
     return model.to(info.device)

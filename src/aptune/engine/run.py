@@ -54,7 +54,9 @@ from aptune.engine.loop import (
 )
 from aptune.engine.metrics import EvalResult, evaluate_probs, merge_views, write_predictions
 from aptune.engine.preempt import StopSignals, exit_code
+from aptune.engine.report_html import write_report
 from aptune.engine.reports import RunLogger, write_final_reports
+from aptune.engine.speed import prepare_model_for_speed
 from aptune.tuning import parameter_report
 
 log = logging.getLogger("aptune")
@@ -192,7 +194,8 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
         log.info("model %s, transfer_type %s, precision %s, %d process(es) on %s\n%s",
                  args.model, args.transfer_type, precision.name, info.world_size,
                  info.device, report)  # fmt: skip
-    ddp_model = T.wrap_ddp(model, info)
+    net = prepare_model_for_speed(model, args, info, precision)  # cast, attention, compile
+    ddp_model = T.wrap_ddp(net, info)
     steps = T.steps_per_epoch(len(datasets["train"]), args, info)
     ts = T.build_train_step(args, model, ddp_model, info, steps)
     loaders = {s: T.EpochLoader(d, args, info, train=s == "train") for s, d in datasets.items()}
@@ -255,6 +258,11 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
         log.info("test: top-1 %.2f%%, top-5 %.2f%% over %d videos x %d views",
                  test.top1, test.top5, test.num_videos, test.views_per_video)  # fmt: skip
     logger.close()
+    if info.is_main:
+        try:
+            log.info("report: %s", write_report(out))
+        except Exception as exc:  # a report must not fail a finished run
+            log.warning("report.html not written: %s", " ".join(str(exc).split()))
     return result
 
 
@@ -327,6 +335,7 @@ def _test_all_views(args: argparse.Namespace, model, info: DistInfo):
     ds = T.build_datasets(args, ("test",))["test"]
     loader = T.EpochLoader(ds, args, info, train=False)
     precision = resolve_precision(args.precision, info.device)
+    model = prepare_model_for_speed(model, args, info, precision, train=False)
     return evaluate_split(model, loader, info, precision, args, "test"), ds
 
 

@@ -1,4 +1,5 @@
-"""Fixtures for engine/CLI tests: separable videos on disk and a trained tiny run."""
+"""Fixtures shared by engine and command tests: separable videos on disk and trained tiny
+runs (session-scoped here, so every test module that uses them shares one training)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "engine"))
 from engine_support import TINY, apt_flags, write_dataset  # noqa: E402
 
 from aptune.cli import main  # noqa: E402
