@@ -87,3 +87,21 @@ def test_missing_list_file_fails_before_training(tmp_path, capsys):
                  str(tmp_path / "run")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "train.csv" in err and not (tmp_path / "run" / "log.txt").exists()
+
+
+def test_peft_run_without_finetune_reloads_its_random_backbone(uninterrupted: Path):
+    """No --finetune: the frozen backbone is random and exists only in the run, so the
+    checkpoint keeps every tensor and two loads give the same model."""
+    import torch
+    from safetensors import safe_open
+
+    import aptune
+
+    with safe_open(str(uninterrupted / "checkpoint-0002" / "model.safetensors"), "pt") as f:
+        assert "blocks.0.attn.qkv.weight" in f.keys()
+    x = torch.randn(1, 3, 8, 32, 32)
+    outs = []
+    for seed in (1, 2):  # different init RNG for the rebuilt model each time
+        torch.manual_seed(seed)
+        outs.append(aptune.load_run(uninterrupted, which="last")(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)

@@ -218,6 +218,13 @@ def trains_backbone(model: VisionTransformer) -> bool:
     return any(c.trains_backbone for c in getattr(model, "tuning_configs", []))
 
 
+def saves_full_weights(model: VisionTransformer, args: argparse.Namespace) -> bool:
+    """Checkpoints hold every tensor when the backbone trains, or when it was never loaded
+    (no --finetune): a random frozen backbone exists only in this run, so a trainable-only
+    file could not rebuild the trained model."""
+    return trains_backbone(model) or not args.finetune
+
+
 def steps_per_epoch(num_train: int, args: argparse.Namespace, info: DistInfo) -> int:
     per_step = args.batch_size * args.update_freq * info.world_size
     steps = num_train // per_step

@@ -202,7 +202,7 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
     resumed = _resume(args, model, ts, out, info)
     logger = RunLogger(out, args.log_dir, info.is_main, resumed.epoch)
     best = resumed.extra.get("best", {"top1": -1.0, "epoch": -1})
-    saver = _Saver(args, info, out, model, ts, T.trains_backbone(model))
+    saver = _Saver(args, info, out, model, ts, T.saves_full_weights(model, args))
     every = args.save_ckpt_steps
     started = time.perf_counter()
     with StopSignals() as signals, _close_on_exit(logger):
@@ -325,7 +325,14 @@ def load_trained_model(run: Path, which: str, info: DistInfo, overrides: dict | 
     args.decode_cache = None  # a training speed-up; eval/predict read each video once anyway
     vars(args).update(overrides or {})
     model = T.build_run_model(args, info)
-    load_model_weights(ckpt / "model.safetensors", model)
+    loaded = load_model_weights(ckpt / "model.safetensors", model)
+    if not args.finetune and len(loaded) < len(model.state_dict()):
+        log.warning(
+            "%s: a %s run without --finetune saved only its trainable tensors (before aptune "
+            "kept the random frozen backbone too); this model is not the trained one; "
+            "train it again",
+            ckpt, args.transfer_type,
+        )  # fmt: skip
     model.eval()
     return args, model
 

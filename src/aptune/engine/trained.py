@@ -19,7 +19,7 @@ import torch
 from aptune.config import ConfigError
 from aptune.data import DataConfig
 from aptune.data.lists import read_class_names
-from aptune.engine.builders import data_config, trains_backbone
+from aptune.engine.builders import data_config
 from aptune.engine.distributed import DistInfo
 from aptune.engine.run import load_trained_model
 from aptune.models.vit import VisionTransformer
@@ -87,13 +87,6 @@ def open_run(
     dev = torch.device(device) if device is not None else default_device()
     args, model = load_trained_model(run, which, DistInfo(device=dev), overrides)
     model.eval()
-    if not args.finetune and not trains_backbone(model):
-        log.warning(
-            "%s: a %s run without --finetune: its frozen backbone was random and is "
-            "not in the checkpoint, so this model is not the trained one",
-            run,
-            args.transfer_type,
-        )
     names = class_names_of(run, args.nb_classes)
     return TrainedRun(args, model, names, which, dev)
 
