@@ -176,3 +176,17 @@ def test_image_folder_scans_class_folders(action_data, cfg):
 def test_config_validation(field, value, message):
     with pytest.raises(ValueError, match=message):
         DataConfig(**{field: value})
+
+
+def test_train_clips_depend_only_on_the_torch_seed(cfg):
+    # the engine seeds torch per (seed, epoch, rank); each item draws its numpy seed from it
+    aa = "rand-m9-n2-mstd0.5-inc1"
+    ds = build_dataset("train", replace(cfg, num_sample=2, is_aa=True, aa=aa))
+    torch.manual_seed(3)
+    a = ds[0].clips
+    torch.manual_seed(3)
+    b = ds[0].clips
+    torch.manual_seed(4)
+    c = ds[0].clips
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a[0], a[1])  # num_sample clips differ
