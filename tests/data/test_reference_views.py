@@ -50,11 +50,16 @@ def _write(path: Path, frames: np.ndarray, codec: str, options: dict) -> Path:
     return path
 
 
+B_FRAMES = {"qscale": "2", "bf": "2"}  # mpeg4 with 2 B-frames per P, as Xvid writes
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("reference_views")
-    return {  # name: 320x240 AVI, 340x256 mp4, a 280-frame portrait mp4 already at 224 px
-        "avi": _write(root / "a.avi", _frames(100, 240, 320, 0), "mpeg4", {"qscale": "2"}),
+    # 320x240 mpeg4 AVI with B-frames (as UCF101 / HMDB51), 340x256 mp4, a 280-frame portrait
+    # mp4 already at 224 px (no resize; crops along the height)
+    return {
+        "avi": _write(root / "a.avi", _frames(100, 240, 320, 0), "mpeg4", B_FRAMES),
         "mp4": _write(root / "b.mp4", _frames(90, 256, 340, 1), "libx264", {"crf": "12"}),
         "long": _write(root / "c.mp4", _frames(280, 300, 224, 2), "libx264", {"crf": "12"}),
     }
