@@ -271,3 +271,32 @@ def test_compile_gives_equal_outputs_and_unwraps():
     with torch.no_grad():
         expected = ref(x)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_choice_is_recorded_and_a_restart_keeps_it(tmp_path, monkeypatch, caplog):
+    """A resumed run must keep its kernel (the two agree only to rounding): the first start
+    writes attention.json, a restart reads it instead of timing (which could now differ)."""
+    seen = []
+
+    def fake_choice(model, requested, x, precision, train, memory, pick="plain"):
+        seen.append(pick)
+        return speed.AttnChoice(pick, requested, {"sdpa": 2.0, "plain": 1.0}, "train step")
+
+    monkeypatch.setattr(speed, "_timed_choice", fake_choice)
+    model = tiny("prompt")
+    speed.prepare_model_for_speed(model, run_args(), DistInfo(), BF16, run_dir=tmp_path)
+    assert impls(model) == {"plain"} and len(seen) == 1
+    assert (tmp_path / "attention.json").read_text().strip() == '{"attn_impl": "plain"}'
+
+    monkeypatch.setattr(speed, "_timed_choice", lambda *a: pytest.fail("timed again"))
+    model = tiny("prompt")
+    with caplog.at_level(logging.INFO, logger="aptune"):
+        speed.prepare_model_for_speed(model, run_args(), DistInfo(), BF16, run_dir=tmp_path)
+    assert impls(model) == {"plain"}
+    assert any("kept from" in r.getMessage() for r in caplog.records)
+    # an explicit flag still wins over the record
+    model = tiny("prompt")
+    speed.prepare_model_for_speed(
+        model, run_args(attn_impl="sdpa"), DistInfo(), BF16, run_dir=tmp_path
+    )
+    assert impls(model) == {"sdpa"}

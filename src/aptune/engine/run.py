@@ -194,7 +194,7 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
         log.info("model %s, transfer_type %s, precision %s, %d process(es) on %s\n%s",
                  args.model, args.transfer_type, precision.name, info.world_size,
                  info.device, report)  # fmt: skip
-    net = prepare_model_for_speed(model, args, info, precision)  # cast, attention, compile
+    net = prepare_model_for_speed(model, args, info, precision, run_dir=out)  # attention etc.
     ddp_model = T.wrap_ddp(net, info)
     steps = T.steps_per_epoch(len(datasets["train"]), args, info)
     ts = T.build_train_step(args, model, ddp_model, info, steps)

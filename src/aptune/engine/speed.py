@@ -20,6 +20,7 @@ Three independent measures, applied by :func:`prepare_model_for_speed` once per 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -254,6 +255,28 @@ def _timed_choice(
             p.grad = g
 
 
+ATTN_FILE = "attention.json"
+
+
+def _stored_choice(run_dir: Path | None) -> str | None:
+    """The kernel this run chose at its first start, if it was ``auto`` and recorded."""
+    path = None if run_dir is None else Path(run_dir) / ATTN_FILE
+    if path is None or not path.is_file():
+        return None
+    try:
+        impl = json.loads(path.read_text()).get("attn_impl")
+    except (OSError, ValueError, AttributeError):
+        return None  # unreadable: time again (and rewrite it)
+    return impl if impl in IMPLS else None
+
+
+def _store_choice(run_dir: Path, impl: str) -> None:
+    path = Path(run_dir) / ATTN_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"attn_impl": impl}) + "\n")
+    os.replace(tmp, path)
+
+
 def prepare_model_for_speed(
     model: nn.Module,
     args: argparse.Namespace,
@@ -261,6 +284,7 @@ def prepare_model_for_speed(
     precision: Precision,
     train: bool = True,
     sample: torch.Tensor | None = None,
+    run_dir: Path | None = None,
 ) -> nn.Module:
     """Frozen-weight cast, attention choice (``--attn_impl``) and ``--compile``, in that order.
 
@@ -268,7 +292,10 @@ def prepare_model_for_speed(
     trainable set marked, and before DDP, the optimiser and the EMA copy are made. Returns
     the model to train (the compiled wrapper with ``--compile``; ``unwrap`` gives the bare
     one). ``sample`` is a batch of the run's shape; by default random clips of the shape the
-    flags give. Under DDP rank 0 times and every rank takes its choice.
+    flags give. Under DDP rank 0 times and every rank takes its choice. With ``run_dir``
+    the ``auto`` choice is written to ``run_dir/attention.json`` and a restart of the run
+    reads it back instead of timing again: the two kernels agree only to rounding, so a
+    resumed run must keep its kernel to end with the uninterrupted run's exact weights.
     """
     bare = unwrap(model)
     if precision.dtype is not None:
@@ -282,10 +309,15 @@ def prepare_model_for_speed(
             gen = torch.Generator().manual_seed(0)
             sample = torch.randn(sample_shape(args, train), generator=gen)
         x = sample.to(info.device) if sample is not None else None
-        if x is None:
+        stored = _stored_choice(run_dir) if requested == "auto" else None
+        if stored is not None:
+            choice = AttnChoice(stored, requested, reason=f"kept from {run_dir / ATTN_FILE}")
+        elif x is None:
             choice = AttnChoice(requested, requested, reason=f"--attn_impl {requested}")
         else:
             choice = _timed_choice(bare, requested, x, precision, train, available_memory(x.device))
+            if run_dir is not None and requested == "auto":
+                _store_choice(run_dir, choice.impl)
     if info.enabled and requested == "auto":
         choice = all_gather_objects(choice, info)[0]
     assert choice is not None
