@@ -11,8 +11,9 @@ measured matmul floor (a large fp32 GEMM).
 
 ``--kernels`` times only the attention core of one ViT-S block (forward + backward to q,
 k, v; 1568 queries, 1570 keys), in one process, the variants interleaved, in CPU seconds:
-``models/vit.py``'s plain expression, SDPA, and a plain path whose every batched matmul
-reads row-major operands (transposes made contiguous first; backward written out). On
+the reference's plain expression (autograd through transposed views), SDPA, and aptune's
+plain path (``models.layers.plain_attention``: every batched matmul reads row-major
+operands, transposes made contiguous first, backward written out). On
 the AMX Xeon here a bf16 ``bmm`` whose second operand is a transposed view runs at about
 a quarter of the row-major rate, which is what makes the plain backward slow.
 """
@@ -99,33 +100,6 @@ def measure(cfg: dict) -> dict:
     }
 
 
-def _row_major():
-    """softmax(q k^T * scale) v with every batched matmul on row-major operands."""
-    import torch
-
-    class RowMajor(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, v, scale):
-            kt = k.transpose(-2, -1).contiguous()  # (B, h, d, M)
-            p = torch.matmul(q * scale, kt).softmax(-1)  # (B, h, N, M)
-            ctx.save_for_backward(q, k, v, p)
-            ctx.scale = scale
-            return torch.matmul(p, v)  # (B, h, N, d)
-
-        @staticmethod
-        def backward(ctx, grad):
-            q, k, v, p = ctx.saved_tensors
-            grad = grad.contiguous()
-            dp = torch.matmul(grad, v.transpose(-2, -1).contiguous())  # (B, h, N, M)
-            dvt = torch.matmul(grad.transpose(-2, -1).contiguous(), p)  # (B, h, d, M)
-            ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # scale goes on dq, dk
-            dq = torch.matmul(ds, k.contiguous()) * ctx.scale  # (B, h, N, d)
-            dkt = torch.matmul(q.transpose(-2, -1).contiguous(), ds) * ctx.scale  # (B, h, d, M)
-            return dq, dkt.transpose(-2, -1), dvt.transpose(-2, -1), None
-
-    return RowMajor
-
-
 def kernels(rounds: int) -> None:
     """One ViT-S block's attention core, forward + backward, three ways, CPU seconds."""
     import statistics
@@ -133,17 +107,18 @@ def kernels(rounds: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    row_major = _row_major()
+    from aptune.models.layers import plain_attention
+
     B, h, N, M, d = 1, 6, 1568, 2, 64
     scale = d**-0.5
 
-    def vit_plain(q, k, v):  # the expression of models/vit.py's plain path
+    def formula_plain(q, k, v):  # the reference's expression, and aptune's before the kernel
         return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
 
     cores = {
-        "vit.py plain": vit_plain,
+        "formula plain (reference)": formula_plain,
         "sdpa": F.scaled_dot_product_attention,
-        "row-major plain": lambda q, k, v: row_major.apply(q, k, v, scale),
+        "aptune plain (row-major)": lambda q, k, v: plain_attention(q, k, v, scale),
     }
     print(f"attention core, ViT-S block (h {h}, {N} queries, {N + M} keys), fwd+bwd, "
           f"{torch.get_num_threads()} thread(s), CPU ms, median of {rounds}")  # fmt: skip
@@ -164,13 +139,13 @@ def kernels(rounds: int) -> None:
                     times[name].append(time.process_time() - start)
                 outs[name] = [t.detach().float() for t in (out, q.grad, k.grad, v.grad)]
                 q.grad = k.grad = v.grad = None
-        base = statistics.median(times["vit.py plain"])
+        base = statistics.median(times["formula plain (reference)"])
         for name in cores:
             t = statistics.median(times[name])
             err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-                      for a, b in zip(outs[name], outs["vit.py plain"]))  # fmt: skip
+                      for a, b in zip(outs[name], outs["formula plain (reference)"]))  # fmt: skip
             print(f"  {str(dtype)[6:]:<9}{name:<17}{1e3 * t:8.1f} ms{base / t:7.2f}x"
-                  f"   max rel. diff to vit.py plain {err:.1e}")  # fmt: skip
+                  f"   max rel. diff to the formula {err:.1e}")  # fmt: skip
 
 
 def run_child(cfg: dict) -> dict:

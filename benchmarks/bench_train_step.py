@@ -113,58 +113,6 @@ class RefViT(nn.Module):
 CLOCK: Callable[[], float] = time.perf_counter
 
 
-# -- a proposed plain path (not in models/vit.py; measured here to decide) -------------------
-class RowMajorAttention(torch.autograd.Function):
-    """softmax(q k^T * scale) v with every batched matmul on row-major operands: a bf16
-    ``bmm`` with a transposed-view operand runs ~4x slower on this CPU."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, scale):  # type: ignore[override]
-        kt = k.transpose(-2, -1).contiguous()  # (B, h, d, M)
-        p = torch.matmul(q * scale, kt).softmax(-1)  # (B, h, N, M)
-        ctx.save_for_backward(q, k, v, p)
-        ctx.scale = scale
-        return torch.matmul(p, v)  # (B, h, N, d)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        q, k, v, p = ctx.saved_tensors
-        grad = grad.contiguous()
-        dp = torch.matmul(grad, v.transpose(-2, -1).contiguous())  # (B, h, N, M)
-        dvt = torch.matmul(grad.transpose(-2, -1).contiguous(), p)  # (B, h, d, M)
-        ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
-        dq = torch.matmul(ds, k.contiguous()) * ctx.scale  # (B, h, N, d)
-        dkt = torch.matmul(q.transpose(-2, -1).contiguous(), ds) * ctx.scale  # (B, h, d, M)
-        return dq, dkt.transpose(-2, -1), dvt.transpose(-2, -1), None
-
-
-ROW_MAJOR = {"on": False, "calls": 0}
-
-
-def install_row_major() -> None:
-    """Let the module that defines aptune's ``Attention`` call :class:`RowMajorAttention`
-    in place of SDPA while ``ROW_MAJOR["on"]`` (a model set to 'sdpa'); off, it is SDPA."""
-    import sys
-
-    from aptune.models.vit import Attention
-
-    home = sys.modules[Attention.__module__]
-    sdpa = F.scaled_dot_product_attention
-
-    class Functional:  # torch.nn.functional, with SDPA routed
-        def __getattr__(self, name: str):
-            return getattr(F, name)
-
-        @staticmethod
-        def scaled_dot_product_attention(q, k, v, scale=None, **kw):
-            if not ROW_MAJOR["on"] or kw:
-                return sdpa(q, k, v, scale=scale, **kw)
-            ROW_MAJOR["calls"] += 1
-            return RowMajorAttention.apply(q, k, v, q.shape[-1] ** -0.5 if scale is None else scale)
-
-    home.F = Functional()
-
-
 # -- measuring ---------------------------------------------------------------------------------
 def train_step(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision
@@ -270,16 +218,10 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{'CPU' if cpu else 'wall'} seconds")  # fmt: skip
 
-    install_row_major()
-
     def with_impl(model: nn.Module, impl: str, step: Callable) -> Callable:
         def run() -> None:
-            model.set_attn_impl("sdpa" if impl == "row-major" else impl)
-            ROW_MAJOR["on"] = impl == "row-major"
-            try:
-                step()
-            finally:
-                ROW_MAJOR["on"] = False
+            model.set_attn_impl(impl)
+            step()
 
         return run
 
@@ -293,8 +235,7 @@ def main() -> None:
     ref = RefViT(ours)
     models = {"reference-style": (ref, None), "sdpa": (ours, "sdpa"), "plain": (ours, "plain"),
               "sdpa + bf16 frozen": (cast, "sdpa"), "plain + bf16 frozen": (cast, "plain"),
-              f"auto ({picked}) + bf16 frozen": (auto, None),
-              "row-major plain + bf16 frozen (proposed)": (cast, "row-major")}  # fmt: skip
+              f"auto ({picked}) + bf16 frozen": (auto, None)}  # fmt: skip
     steps = {}
     for name, (model, impl) in models.items():
         step = train_step(model, x, y, bf16)
@@ -314,12 +255,8 @@ def main() -> None:
     memory = {}
     for name, (model, impl) in models.items():
         if impl:
-            model.set_attn_impl("sdpa" if impl == "row-major" else impl)
-        ROW_MAJOR["on"] = impl == "row-major"
+            model.set_attn_impl(impl)
         memory[name] = saved_bytes(model, x, bf16)
-        ROW_MAJOR["on"] = False
-    if not ROW_MAJOR["calls"]:
-        raise SystemExit("the row-major attention was never called: Attention moved?")
     print(f"timing bf16 ({a.rounds} rounds)...")
     times = median_times(steps, a.rounds)
     report("bf16 autocast", times, memory, "reference-style", flops / gemm / 1e9)
