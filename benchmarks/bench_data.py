@@ -17,6 +17,7 @@ RandAugment rand-m4-n2-mstd0.2-inc1, random resized crop, flip, reprob 0.25), me
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import tempfile
 import time
@@ -29,7 +30,7 @@ from PIL import Image
 from aptune.data import open_video
 from aptune.data.sampling import dense_indices, dense_train_indices
 from aptune.data.synthetic import make_clip, write_video
-from aptune.data.transforms import TrainTransform, erase_tube, normalize, sample_crop_box
+from aptune.data.transforms import TrainTransform, normalize, sample_crop_box
 
 AA = "rand-m4-n2-mstd0.2-inc1"
 CONTAINERS = {"avi/mpeg4": ("avi", (240, 320)), "mp4/h264": ("mp4", (256, 340))}
@@ -66,6 +67,35 @@ class SeedTrainTransform:
         if rng.random() < self.reprob:
             clip = erase_tube(clip, rng)
         return clip
+
+
+# the seed's erasing (one box for the whole clip), replayed by the seed path below
+def erase_tube(
+    clip: torch.Tensor, rng: np.random.Generator, mode: str = "pixel", count: int = 1
+) -> torch.Tensor:
+    """Random erasing (timm's box rule: area 2%-33%, log-ratio 0.3-3.3) with the same box
+    and fill in every frame, so the erased region is a tube and frames stay consistent."""
+    _, _, height, width = clip.shape  # (3, T, H, W)
+    area = height * width
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    for _ in range(count):
+        for _attempt in range(10):
+            target = area * rng.uniform(0.02, 1 / 3)
+            aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+            h = round(math.sqrt(target * aspect))
+            w = round(math.sqrt(target / aspect))
+            if 0 < w < width and 0 < h < height:
+                top = int(rng.integers(0, height - h + 1))
+                left = int(rng.integers(0, width - w + 1))
+                if mode == "pixel":
+                    fill = torch.randn((3, 1, h, w), generator=gen)
+                elif mode == "rand":
+                    fill = torch.randn((3, 1, 1, 1), generator=gen)
+                else:  # "const"
+                    fill = torch.zeros((3, 1, 1, 1))
+                clip[:, :, top : top + h, left : left + w] = fill
+                break
+    return clip
 
 
 def make_videos(root: Path, n: int, frames: int = 96) -> dict[str, list[str]]:

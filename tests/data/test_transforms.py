@@ -28,7 +28,8 @@ def _constant_clip(t=6, h=48, w=64, seed=0):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_all_frames_augmented_identically(seed):
-    tf = TrainTransform(32, flip=True, auto_augment="rand-m9-n4-mstd0.5-inc1", reprob=1.0)
+    """Every op but erasing is drawn once per clip (erasing is per frame, tested below)."""
+    tf = TrainTransform(32, flip=True, auto_augment="rand-m9-n4-mstd0.5-inc1", reprob=0.0)
     clip = tf(_constant_clip(), np.random.default_rng(seed))
     assert clip.shape == (3, 6, 32, 32) and clip.dtype == torch.float32
     for t in range(1, 6):
@@ -235,3 +236,28 @@ def test_train_clip_deterministic_per_rng_and_samples_differ():
     rng = np.random.default_rng(7)
     first, second = tf(frames, rng), tf(frames, rng)  # num_sample 2 draws twice from one rng
     assert torch.equal(first, a) and not torch.equal(first, second)
+
+
+def test_erasing_is_per_frame_as_the_reference():
+    """timm's RandomErasing on the (T, C, H, W) clip: each frame is erased with probability
+    reprob on its own, with its own box (not one tube through the clip)."""
+    import numpy as np
+    import torch
+
+    from aptune.data.transforms import erase_frames
+
+    rng = np.random.default_rng(0)
+    hits, boxes = [], set()
+    for _ in range(200):
+        clip = erase_frames(torch.full((3, 8, 32, 32), 5.0), rng, prob=0.25)
+        erased = (clip != 5.0).any(dim=0)  # (T, H, W)
+        hits += erased.flatten(1).any(dim=1).tolist()
+        for t in range(8):
+            if erased[t].any():
+                rows, cols = torch.nonzero(erased[t], as_tuple=True)
+                boxes.add((rows.min().item(), cols.min().item(), rows.max().item()))
+    rate = sum(hits) / len(hits)
+    assert 0.2 < rate < 0.3  # per-frame probability, 1600 frames
+    assert len(boxes) > 100  # boxes differ from frame to frame
+    clip = erase_frames(torch.zeros(3, 4, 16, 16), rng, prob=0.0)
+    assert not clip.any()

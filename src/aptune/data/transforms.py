@@ -3,7 +3,7 @@ drawn once per clip and applied to all its frames.
 
 Train: RandAugment (timm string) on the decoded frames at their own size, ImageNet
 normalisation, random resized crop with an integer box and a bilinear resize without
-antialiasing, horizontal flip, random erasing (a tube). Test/val: short side to
+antialiasing, horizontal flip, random erasing (per frame, as the reference). Test/val: short side to
 `short_side_size` with OpenCV INTER_LINEAR semantics, crops along the long side.
 Inputs are uint8 (T, H, W, 3) arrays; outputs float (3, T, S, S).
 """
@@ -77,31 +77,37 @@ def sample_crop_box(
     return (x0 / f, y0 / f, min((x0 + w) / f, width), min((y0 + h) / f, height))
 
 
-def erase_tube(
-    clip: torch.Tensor, rng: np.random.Generator, mode: str = "pixel", count: int = 1
+def erase_frames(
+    clip: torch.Tensor, rng: np.random.Generator, prob: float, mode: str = "pixel", count: int = 1
 ) -> torch.Tensor:
-    """Random erasing (timm's box rule: area 2%-33%, log-ratio 0.3-3.3) with the same box
-    and fill in every frame, so the erased region is a tube and frames stay consistent."""
-    _, _, height, width = clip.shape  # (3, T, H, W)
+    """Random erasing as the reference applies it: timm's ``RandomErasing`` gets the clip as
+    a (T, C, H, W) batch, so each frame is erased with probability ``prob``, with its own
+    1..``count`` boxes (area 2%-33% of the frame, log-uniform aspect 0.3-3.3, 10 tries)
+    and its own fill (``pixel``: per-pixel normal noise; ``rand``: one colour; ``const``:
+    zero, i.e. the mean after normalisation)."""
+    _, frames, height, width = clip.shape  # (3, T, H, W)
     area = height * width
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    for _ in range(count):
-        for _attempt in range(10):
-            target = area * rng.uniform(0.02, 1 / 3)
-            aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
-            h = round(math.sqrt(target * aspect))
-            w = round(math.sqrt(target / aspect))
-            if 0 < w < width and 0 < h < height:
-                top = int(rng.integers(0, height - h + 1))
-                left = int(rng.integers(0, width - w + 1))
-                if mode == "pixel":
-                    fill = torch.randn((3, 1, h, w), generator=gen)
-                elif mode == "rand":
-                    fill = torch.randn((3, 1, 1, 1), generator=gen)
-                else:  # "const"
-                    fill = torch.zeros((3, 1, 1, 1))
-                clip[:, :, top : top + h, left : left + w] = fill
-                break
+    for t in range(frames):
+        if rng.random() >= prob:
+            continue
+        for _ in range(int(rng.integers(1, count + 1))):
+            for _attempt in range(10):
+                target = area * rng.uniform(0.02, 1 / 3)
+                aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+                h = round(math.sqrt(target * aspect))
+                w = round(math.sqrt(target / aspect))
+                if w < width and h < height:
+                    top = int(rng.integers(0, height - h + 1))
+                    left = int(rng.integers(0, width - w + 1))
+                    if mode == "pixel":
+                        fill = torch.randn((3, h, w), generator=gen)
+                    elif mode == "rand":
+                        fill = torch.randn((3, 1, 1), generator=gen)
+                    else:  # "const"
+                        fill = torch.zeros((3, 1, 1))
+                    clip[:, t, top : top + h, left : left + w] = fill
+                    break
     return clip
 
 
@@ -186,8 +192,8 @@ class TrainTransform:
             # then normalise the S x S result; rounding moves a pixel by at most 1/255
             t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
             clip = normalize(t.permute(0, 2, 3, 1))  # (T, S, S, 3) -> (3, T, S, S)
-        if self.reprob > 0 and rng.random() < self.reprob:
-            clip = erase_tube(clip, rng, self.remode, self.recount)
+        if self.reprob > 0:
+            clip = erase_frames(clip, rng, self.reprob, self.remode, self.recount)
         return clip
 
     def _literal(self, frames: np.ndarray, seed: int, box: tuple[int, ...]) -> torch.Tensor:
