@@ -83,3 +83,29 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert set(wa) == set(wb) and "kv_prompts.prompt_embeddings_k" in wa
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+
+
+class Killed(BaseException):
+    """What a test raises to stand for a process killed right after a save."""
+
+
+def train_until_saved(flags: list[str], monkeypatch, epoch: int) -> None:
+    """Run ``aptune train`` and end it like a kill right after epoch ``epoch``'s complete
+    checkpoint (the save itself finished), then put the real save back."""
+    import pytest
+
+    import aptune.engine.run
+    from aptune.cli import main
+
+    real_save = aptune.engine.run.save_training_state
+
+    def save_then_die(output_dir, at, *a, **kw):
+        folder = real_save(output_dir, at, *a, **kw)
+        if at == epoch:
+            raise Killed
+        return folder
+
+    monkeypatch.setattr(aptune.engine.run, "save_training_state", save_then_die)
+    with pytest.raises(Killed):
+        main(["train", *flags])
+    monkeypatch.setattr(aptune.engine.run, "save_training_state", real_save)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_support import apt_flags, assert_same_weights
+from engine_support import apt_flags, assert_same_weights, train_until_saved
 
 import aptune
 import aptune.engine.checkpoint as ckpt_mod
@@ -63,21 +63,7 @@ def test_corrupt_checkpoint_resume_falls_back_and_ends_identical(
     square_data, uninterrupted, tmp_path, monkeypatch, caplog
 ):
     out = tmp_path / "run"
-    real_save = aptune.engine.run.save_training_state
-
-    class Killed(BaseException):
-        pass
-
-    def save_then_die(output_dir, epoch, *a, **kw):
-        folder = real_save(output_dir, epoch, *a, **kw)
-        if epoch == 1:
-            raise Killed
-        return folder
-
-    monkeypatch.setattr(aptune.engine.run, "save_training_state", save_then_die)
-    with pytest.raises(Killed):
-        main(["train", *apt_flags(square_data, out, workers=1)])
-    monkeypatch.setattr(aptune.engine.run, "save_training_state", real_save)
+    train_until_saved(apt_flags(square_data, out, workers=1), monkeypatch, epoch=1)
     flip_a_byte(out / "checkpoint-0001" / "model.safetensors")  # the silent case
     caplog.set_level("INFO", logger="aptune")
     assert main(["train", *apt_flags(square_data, out, workers=1)]) == 0

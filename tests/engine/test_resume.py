@@ -10,9 +10,8 @@ import sys
 import time
 
 import pytest
-from engine_support import apt_flags, assert_same_weights
+from engine_support import apt_flags, assert_same_weights, train_until_saved
 
-import aptune.engine.run
 from aptune.cli import main
 
 
@@ -42,19 +41,8 @@ def test_half_written_checkpoint_is_ignored_on_resume(
     square_data, uninterrupted, tmp_path, monkeypatch, caplog
 ):
     out = tmp_path / "run"
-    real_save = aptune.engine.run.save_training_state
-
-    class Killed(BaseException):
-        pass
-
-    def save_then_die(output_dir, epoch, *a, **kw):
-        real_save(output_dir, epoch, *a, **kw)
-        raise Killed  # the process dies right after its first complete checkpoint
-
-    monkeypatch.setattr(aptune.engine.run, "save_training_state", save_then_die)
-    with pytest.raises(Killed):
-        main(["train", *apt_flags(square_data, out, workers=1)])
-    monkeypatch.setattr(aptune.engine.run, "save_training_state", real_save)
+    # the process dies right after its first complete checkpoint
+    train_until_saved(apt_flags(square_data, out, workers=1), monkeypatch, epoch=0)
     # what a kill during the next save leaves: a temp folder and a folder without marker
     half = out / "checkpoint-0001"
     shutil.copytree(out / "checkpoint-0000", half)
