@@ -71,6 +71,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seed_host_rngs(seed: int) -> None:
+    """Python, numpy and torch's CPU generator: what a data item draws from. Per item,
+    ``torch.manual_seed`` would also queue a seed for every accelerator backend, and on a
+    CUDA build without an initialised device each queued call records a stack trace
+    (about 3 ms: 30% of a small model's epoch, measured with cProfile)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+
+
 def _seed_worker(worker_id: int) -> None:
     """Workers draw numpy/random from their torch seed, itself from the loader's generator."""
     seed = torch.initial_seed() % 2**32
@@ -99,10 +109,10 @@ class _Positioned(Dataset):
         pos, index = key
         seed = (self.epoch_seed * 1_000_003 + pos * 7_919 + 17) % 2**63
         if get_worker_info() is not None:  # a worker process: its RNGs serve data only
-            seed_everything(seed)
+            seed_host_rngs(seed)
             return self.dataset[index]
         saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
-        seed_everything(seed)
+        seed_host_rngs(seed)
         try:
             return self.dataset[index]
         finally:
