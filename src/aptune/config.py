@@ -230,6 +230,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         "video) and read it from there in later epochs and runs; for small or "
         "low-resolution datasets where decoding costs more than the model step",
     )
+    g.add_argument(
+        "--aug_device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where training clips are augmented: cpu = in the DataLoader workers (the "
+        "reference's way); cuda = batched tensor ops on the training GPU in the main "
+        "process, workers only decode; auto = the training device (cpu on CPU-only runs)",
+    )
     g.add_argument("--num_workers", type=int, default=10, help="data loading processes")
     _bool_pair(g, "pin_mem", True, "pin host memory for faster GPU transfer")
 

@@ -1,6 +1,7 @@
 """aptune.data: list files, decoding, sampling, clip transforms and datasets.
 
-The engine uses `DataConfig`, `build_dataset`, `collate_clips` and `Batch`; everything else
+The engine uses `DataConfig`, `build_dataset`, `collate_clips`, `Batch` and, with
+`--aug_device cuda`, `RawBatch` / `DeviceAugment`; everything else
 is exposed for tools (prepare, benchmarks, tests).
 """
 
@@ -14,6 +15,7 @@ from .datasets import (
     collate_clips,
 )
 from .decode import VideoReader, decord_available, open_video, read_frames
+from .device_augment import DeviceAugment, RawBatch, RawClipItem
 from .errors import DataError, VideoDecodeError
 from .lists import VideoEntry, parse_video_list, read_class_names, write_video_list
 
@@ -22,6 +24,9 @@ __all__ = [
     "ClipItem",
     "DataConfig",
     "DataError",
+    "DeviceAugment",
+    "RawBatch",
+    "RawClipItem",
     "SkippedItem",
     "VideoClipDataset",
     "VideoDecodeError",

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .decode import BACKENDS, open_video, resolve_backend
+from .device_augment import RawBatch, RawClipItem, collate_raw
 from .errors import DataError, VideoDecodeError
 from .frame_cache import FrameCache
 from .lists import VideoEntry, parse_video_list, read_class_names, scan_class_folder
@@ -60,6 +61,7 @@ class DataConfig:
     strict_data: bool = False
     crop_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop area (reference)
     decode_cache: str | None = None  # folder: decode each video once (see frame_cache)
+    defer_augment: bool = False  # train items: decoded frames + plans (--aug_device)
 
     def __post_init__(self) -> None:
         choices = {"data_set": DATA_SETS, "sampling": SAMPLING_MODES, "backend": BACKENDS}
@@ -131,8 +133,11 @@ class Batch:
         )  # fmt: skip
 
 
-def collate_clips(items: list[ClipItem | SkippedItem]) -> Batch:
-    """Stack clips (S per item -> S rows), drop skipped items and report them."""
+def collate_clips(items: list[ClipItem | RawClipItem | SkippedItem]) -> Batch | RawBatch:
+    """Stack clips (S per item -> S rows), drop skipped items and report them. Items of a
+    deferred-augmentation dataset make a :class:`RawBatch` for ``DeviceAugment``."""
+    if any(isinstance(it, RawClipItem) for it in items):
+        return collate_raw(items)
     good = [it for it in items if isinstance(it, ClipItem)]
     skipped = [(it.path, it.reason) for it in items if isinstance(it, SkippedItem)]
     if not good:
@@ -190,10 +195,12 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries) * self.views_per_video
 
-    def __getitem__(self, index: int) -> ClipItem | SkippedItem:
+    def __getitem__(self, index: int) -> ClipItem | RawClipItem | SkippedItem:
         video, view = divmod(int(index), self.views_per_video)
         entry = self.entries[video]
         try:
+            if self.split == "train" and self.cfg.defer_augment:
+                return self._load_raw(video, entry)
             clips = self._load(video, view, entry)
         except VideoDecodeError as exc:
             if self.split != "train" or self.cfg.strict_data:
@@ -218,6 +225,20 @@ class VideoClipDataset(Dataset):
         frames = self._read(entry, None, rng)
         # one decode, num_sample independent augmentations (the reference's repeated aug)
         return torch.stack([self.train_transform(frames, rng) for _ in range(cfg.num_sample)])
+
+    def _load_raw(self, video: int, entry: VideoEntry) -> RawClipItem:
+        """Decode only; the clips' random choices travel as plans (the same draws, in the
+        same order, as `_load`), applied on the training device by ``DeviceAugment``."""
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        frames = self._read(entry, None, rng)
+        t, height, width, _ = frames.shape
+        plans = [self.train_transform.plan(t, height, width, rng, ops=True)
+                 for _ in range(self.cfg.num_sample)]  # fmt: skip
+        if not frames.flags.writeable or not frames.flags.c_contiguous:  # a cache memmap
+            frames = np.array(frames)
+        size = self.cfg.input_size
+        shape = (3, self.cfg.num_frames, size, size)
+        return RawClipItem(torch.from_numpy(frames), plans, entry.label, video, shape)
 
     def _read(
         self, entry: VideoEntry, segment: int | None, rng: np.random.Generator | None = None

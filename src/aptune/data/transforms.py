@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -77,17 +78,18 @@ def sample_crop_box(
     return (x0 / f, y0 / f, min((x0 + w) / f, width), min((y0 + h) / f, height))
 
 
-def erase_frames(
-    clip: torch.Tensor, rng: np.random.Generator, prob: float, mode: str = "pixel", count: int = 1
-) -> torch.Tensor:
-    """Random erasing as the reference applies it: timm's ``RandomErasing`` gets the clip as
-    a (T, C, H, W) batch, so each frame is erased with probability ``prob``, with its own
-    1..``count`` boxes (area 2%-33% of the frame, log-uniform aspect 0.3-3.3, 10 tries)
-    and its own fill (``pixel``: per-pixel normal noise; ``rand``: one colour; ``const``:
-    zero, i.e. the mean after normalisation)."""
-    _, frames, height, width = clip.shape  # (3, T, H, W)
+EraseBox = tuple[int, int, int, int, int]  # (frame, top, left, h, w) in output pixels
+
+
+def draw_erase_boxes(
+    rng: np.random.Generator, frames: int, height: int, width: int, prob: float, count: int = 1
+) -> tuple[int, tuple[EraseBox, ...]]:
+    """The random choices of :func:`erase_frames` (a fill seed, then the boxes), drawn
+    before the clip exists so the boxes can travel with the decoded frames to another
+    device (``--aug_device``)."""
     area = height * width
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    fill_seed = int(rng.integers(2**31))
+    boxes: list[EraseBox] = []
     for t in range(frames):
         if rng.random() >= prob:
             continue
@@ -100,15 +102,39 @@ def erase_frames(
                 if w < width and h < height:
                     top = int(rng.integers(0, height - h + 1))
                     left = int(rng.integers(0, width - w + 1))
-                    if mode == "pixel":
-                        fill = torch.randn((3, h, w), generator=gen)
-                    elif mode == "rand":
-                        fill = torch.randn((3, 1, 1), generator=gen)
-                    else:  # "const"
-                        fill = torch.zeros((3, 1, 1))
-                    clip[:, t, top : top + h, left : left + w] = fill
+                    boxes.append((t, top, left, h, w))
                     break
+    return fill_seed, tuple(boxes)
+
+
+def apply_erase(
+    clip: torch.Tensor, fill_seed: int, boxes: tuple[EraseBox, ...], mode: str = "pixel"
+) -> torch.Tensor:
+    """Fill `boxes` of a (3, T, H, W) clip in order (``pixel``: per-pixel normal noise;
+    ``rand``: one normal colour per box; ``const``: zero, the mean after normalisation)."""
+    gen = torch.Generator().manual_seed(fill_seed)
+    for t, top, left, h, w in boxes:
+        if mode == "pixel":
+            fill = torch.randn((3, h, w), generator=gen)
+        elif mode == "rand":
+            fill = torch.randn((3, 1, 1), generator=gen)
+        else:  # "const"
+            fill = torch.zeros((3, 1, 1))
+        clip[:, t, top : top + h, left : left + w] = fill
     return clip
+
+
+def erase_frames(
+    clip: torch.Tensor, rng: np.random.Generator, prob: float, mode: str = "pixel", count: int = 1
+) -> torch.Tensor:
+    """Random erasing as the reference applies it: timm's ``RandomErasing`` gets the clip as
+    a (T, C, H, W) batch, so each frame is erased with probability ``prob``, with its own
+    1..``count`` boxes (area 2%-33% of the frame, log-uniform aspect 0.3-3.3, 10 tries)
+    and its own fill (``pixel``: per-pixel normal noise; ``rand``: one colour; ``const``:
+    zero, i.e. the mean after normalisation)."""
+    _, frames, height, width = clip.shape  # (3, T, H, W)
+    fill_seed, boxes = draw_erase_boxes(rng, frames, height, width, prob, count)
+    return apply_erase(clip, fill_seed, boxes, mode)
 
 
 def reference_crop_box(
@@ -149,6 +175,29 @@ def resize_bilinear(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.reshape(*lead, *size)
 
 
+class PlannedOp(NamedTuple):
+    """One RandAugment op as the device path applies it (see ``tensor_ops.apply_op``)."""
+
+    name: str
+    args: tuple
+    resample: int  # PIL resampling of the geometric ops
+    fill: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """Every random choice of one training clip. Drawn from the item's generator in the
+    order the reference draws them, so applying a plan in a worker (:meth:`TrainTransform.apply`)
+    or on the training device (``--aug_device``) starts from the same choices."""
+
+    seed: int  # RandAugment's draw of ops and magnitudes (0 without RandAugment)
+    box: tuple[int, int, int, int]  # (top, left, h, w) of the random resized crop
+    flip: bool
+    fill_seed: int = 0  # random erasing: the fill's generator and the boxes
+    erase: tuple[EraseBox, ...] = ()
+    ops: tuple[PlannedOp, ...] = ()  # the drawn RandAugment ops (device path only)
+
+
 @dataclass
 class TrainTransform:
     """Training augmentation of one clip in the reference's order; `rng` decides every
@@ -173,27 +222,52 @@ class TrainTransform:
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         _, height, width, _ = frames.shape  # (T, H, W, 3)
+        return self.apply(frames, self.plan(len(frames), height, width, rng))
+
+    def plan(
+        self, frames: int, height: int, width: int, rng: np.random.Generator, ops: bool = False
+    ) -> ClipPlan:
+        """The clip's random choices; ``ops=True`` also lists the RandAugment ops drawn from
+        the seed (what the device path needs; the worker path draws them itself)."""
         seed = int(rng.integers(2**31)) if self._rand_augment is not None else 0
-        top, left, h, w = reference_crop_box(height, width, rng, tuple(self.crop_scale))
-        flip = self.flip and rng.random() < 0.5
+        box = reference_crop_box(height, width, rng, tuple(self.crop_scale))
+        flip = bool(self.flip and rng.random() < 0.5)
+        fill_seed, erase = 0, ()
+        if self.reprob > 0:
+            size = self.input_size
+            fill_seed, erase = draw_erase_boxes(rng, frames, size, size, self.reprob, self.recount)
+        drawn: tuple[PlannedOp, ...] = ()
+        if ops and self._rand_augment is not None:
+            drawn = tuple(
+                PlannedOp(op.name, tuple(op.args), int(op.kwargs.get("resample", 3)),
+                          tuple(op.kwargs.get("fillcolor", (128, 128, 128))))
+                for op in self._rand_augment.draw(seed)
+            )  # fmt: skip
+        return ClipPlan(seed, box, flip, fill_seed, erase, drawn)
+
+    def apply(self, frames: np.ndarray, plan: ClipPlan) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> normalised float (3, T, S, S) following `plan`."""
+        top, left, h, w = plan.box
         size = (self.input_size, self.input_size)
         if self.whole_frames:
-            clip = self._literal(frames, seed, (top, left, h, w))
-            clip = clip.flip(-1) if flip else clip
+            clip = self._literal(frames, plan.seed, plan.box)
+            clip = clip.flip(-1) if plan.flip else clip
         else:
             if self._rand_augment is not None:  # the same pixels, computing only the box
-                box = self._rand_augment.augment_box(frames, seed, (left, top, w, h), flip)
+                box = self._rand_augment.augment_box(
+                    frames, plan.seed, (left, top, w, h), plan.flip
+                )
             else:
                 box = frames[:, top : top + h, left : left + w]
-                box = np.ascontiguousarray(box[:, :, ::-1] if flip else box)
+                box = np.ascontiguousarray(box[:, :, ::-1] if plan.flip else box)
             # flipping before the resize is the same: bilinear resizing is mirror-symmetric
             t = torch.from_numpy(box).permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last
             # uint8 until the last step: bilinear on uint8 (channels-last: the fast kernel),
             # then normalise the S x S result; rounding moves a pixel by at most 1/255
             t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
             clip = normalize(t.permute(0, 2, 3, 1))  # (T, S, S, 3) -> (3, T, S, S)
-        if self.reprob > 0:
-            clip = erase_frames(clip, rng, self.reprob, self.remode, self.recount)
+        if plan.erase:
+            clip = apply_erase(clip, plan.fill_seed, plan.erase, self.remode)
         return clip
 
     def _literal(self, frames: np.ndarray, seed: int, box: tuple[int, ...]) -> torch.Tensor:

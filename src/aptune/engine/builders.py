@@ -25,7 +25,7 @@ from torch.utils.data import (
 
 from aptune.build import build_model
 from aptune.config import method_options
-from aptune.data import DataConfig, build_dataset, collate_clips
+from aptune.data import DataConfig, DeviceAugment, build_dataset, collate_clips
 from aptune.engine.distributed import DistInfo
 from aptune.engine.loop import TrainStep, resolve_precision
 from aptune.engine.mixup import VideoMixup, soft_target_cross_entropy
@@ -36,7 +36,7 @@ from aptune.models.vit import VisionTransformer
 log = logging.getLogger("aptune")
 
 
-def data_config(args: argparse.Namespace) -> DataConfig:
+def data_config(args: argparse.Namespace, defer_augment: bool = False) -> DataConfig:
     return DataConfig(
         data_set=args.data_set,
         data_path=args.data_path,
@@ -62,7 +62,26 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         strict_data=args.strict_data,
         crop_scale=tuple(args.crop_scale),
         decode_cache=args.decode_cache,
+        defer_augment=defer_augment,
     )
+
+
+def augments_on_device(args: argparse.Namespace, device: torch.device) -> bool:
+    """``--aug_device``: True when training clips are augmented on ``device`` in the main
+    process (workers decode only); auto = on a CUDA training device, else in the workers."""
+    flag = getattr(args, "aug_device", "auto")
+    if flag == "cuda" and device.type != "cuda":
+        raise ValueError(
+            f"--aug_device cuda needs training on a CUDA device (training runs on {device}); "
+            "use --aug_device cpu or auto"
+        )
+    return flag == "cuda" or (flag == "auto" and device.type == "cuda")
+
+
+def build_device_augment(args: argparse.Namespace, info: DistInfo) -> DeviceAugment:
+    """The main-process augmentation of ``--aug_device``; its erasing noise is seeded per
+    run and rank (the boxes and every other choice come with each item's plan)."""
+    return DeviceAugment(args.input_size, args.remode, seed=args.seed * 1_009 + info.rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -199,8 +218,12 @@ class EpochLoader:
         return len(self.loader)
 
 
-def build_datasets(args: argparse.Namespace, splits: tuple[str, ...]) -> dict:
-    cfg = data_config(args)
+def build_datasets(
+    args: argparse.Namespace, splits: tuple[str, ...], defer_augment: bool = False
+) -> dict:
+    """Datasets of ``splits``; ``defer_augment``: training items carry decoded frames and
+    plans for :class:`DeviceAugment` (evaluation views never do)."""
+    cfg = data_config(args, defer_augment)
     return {split: build_dataset(split, cfg) for split in splits}
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from aptune.data import RawBatch
 from aptune.engine.distributed import DistInfo, all_reduce_mean, unwrap
 from aptune.engine.metrics import ViewRecords
 from aptune.engine.optim import apply_schedules, clip_gradients
@@ -112,6 +113,7 @@ class TrainStep:
     criterion: Callable = nn.functional.cross_entropy
     soft_criterion: Callable | None = None
     max_steps: int | None = None
+    augment: Callable | None = None  # --aug_device: RawBatch -> clips on the device
 
 
 def train_one_epoch(
@@ -177,7 +179,10 @@ def train_one_epoch(
 
 def _forward_backward(ts: TrainStep, batch, info: DistInfo, sync: bool) -> float | None:
     """Loss of the micro-batch (None for an all-skipped batch, which contributes zero)."""
-    clips = batch.clips.to(info.device, non_blocking=True)
+    if isinstance(batch, RawBatch):  # workers decoded only: augment here, on the device
+        clips = ts.augment(batch.to(info.device, non_blocking=True), info.device)
+    else:
+        clips = batch.clips.to(info.device, non_blocking=True)
     labels = batch.labels.to(info.device, non_blocking=True)
     if len(batch) == 0:
         (ts.model(clips).sum() * 0.0).backward()

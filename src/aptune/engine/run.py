@@ -183,7 +183,8 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
                  "the same recipe (DDP + autocast)")  # fmt: skip
     T.seed_everything(args.seed + info.rank)
     splits = ("train",) + (() if args.disable_eval_during_finetuning else ("val",)) + ("test",)
-    datasets = T.build_datasets(args, splits)
+    on_device = T.augments_on_device(args, info.device)
+    datasets = T.build_datasets(args, splits, defer_augment=on_device)
     names = datasets["train"].class_names
     if info.is_main and names:
         (out / "classes.txt").write_text("\n".join(names) + "\n")
@@ -198,6 +199,15 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
     ddp_model = T.wrap_ddp(net, info)
     steps = T.steps_per_epoch(len(datasets["train"]), args, info)
     ts = T.build_train_step(args, model, ddp_model, info, steps)
+    if on_device:
+        ts.augment = T.build_device_augment(args, info)
+    if info.is_main:
+        log.info(
+            "training clips augmented %s",
+            f"on {info.device} in the main process (workers decode only)"
+            if on_device
+            else "in the data loading workers",
+        )
     loaders = {s: T.EpochLoader(d, args, info, train=s == "train") for s, d in datasets.items()}
     resumed = _resume(args, model, ts, out, info)
     logger = RunLogger(out, args.log_dir, info.is_main, resumed.epoch)
