@@ -22,27 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_data import make_videos  # the same videos (this folder is on sys.path)
 
 from aptune.data import DeviceAugment, open_video
 from aptune.data.device_augment import RawClipItem, collate_raw
 from aptune.data.sampling import dense_train_indices
-from aptune.data.synthetic import make_clip, write_video
 from aptune.data.transforms import TrainTransform
 
 AA = "rand-m7-n4-mstd0.5-inc1"  # the reference's default --aa
-CONTAINERS = {"avi/mpeg4": ("avi", (240, 320)), "mp4/h264": ("mp4", (256, 340))}
-CONTAINERS["webm/vp9"] = ("webm", (240, 320))
-
-
-def make_videos(root: Path, n: int, frames: int = 96) -> dict[str, list[str]]:
-    rng = np.random.default_rng(0)
-    out: dict[str, list[str]] = {}
-    for name, (ext, hw) in CONTAINERS.items():
-        out[name] = []
-        for k in range(n):
-            clip = np.concatenate([make_clip(k + c, 32, hw, rng) for c in range(frames // 32)])
-            out[name].append(str(write_video(root / f"{ext}_{k}.{ext}", clip, 25, gop=12)))
-    return out
 
 
 def worker_items(paths, tf: TrainTransform, items: int, num_sample: int, seed: int, defer: bool):
