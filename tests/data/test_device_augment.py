@@ -206,3 +206,16 @@ def test_skipped_videos_are_reported_in_a_raw_batch(square_videos, tmp_path):
     batch = collate_clips([ds[0], SkippedItem("bad.avi", "bad.avi: unreadable", 9, (3, 4, 32, 32))])
     assert len(batch) == 1 and batch.skipped == [("bad.avi", "bad.avi: unreadable")]
     assert DeviceAugment(32)(batch).shape == (1, 3, 4, 32, 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_the_cpu_result():
+    """The same batch on the GPU and on the CPU (no erasing: its noise generator differs)."""
+    tf = TrainTransform(32, auto_augment="rand-m9-n2-mstd0.5-inc1")
+    frames = [natural_frames(4, 48, 64, s) for s in range(4)]
+    rng = np.random.default_rng(3)
+    plans = [[tf.plan(4, 48, 64, rng, ops=True) for _ in range(2)] for _ in frames]
+    batch = raw_batch(frames, plans, 32)
+    on_gpu = DeviceAugment(32)(batch.pin_memory().to("cuda", non_blocking=True), "cuda")
+    assert on_gpu.is_cuda
+    assert torch.allclose(on_gpu.cpu(), DeviceAugment(32)(batch), atol=1e-4)

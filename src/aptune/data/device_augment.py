@@ -106,7 +106,7 @@ class DeviceAugment:
         for row, src in enumerate(batch.source):
             groups.setdefault(tuple(batch.frames[src].shape), []).append(row)
         for rows in groups.values():
-            out[torch.tensor(rows, device=device)] = self._group(batch, rows, device)
+            out[_on(device, rows)] = self._group(batch, rows, device)
         return self._erase(out, batch.plans)
 
     @staticmethod
@@ -118,7 +118,7 @@ class DeviceAugment:
         plans = [batch.plans[r] for r in rows]
         videos = sorted({batch.source[r] for r in rows})
         stacked = torch.stack([batch.frames[v].to(device, non_blocking=True) for v in videos])
-        pick = torch.tensor([videos.index(batch.source[r]) for r in rows], device=device)
+        pick = _on(device, [videos.index(batch.source[r]) for r in rows])
         clips = stacked.index_select(0, pick).permute(0, 1, 4, 2, 3)  # (n, T, 3, H, W) uint8
         clips = self._rand_augment(clips.contiguous(), plans)
         return self._crop_resize(clips, plans)
@@ -135,7 +135,7 @@ class DeviceAugment:
                     by_name.setdefault(plan.ops[layer].name, []).append(i)
             for name, idx in by_name.items():
                 ops = [plans[i].ops[layer] for i in idx]
-                index = torch.tensor(idx, device=clips.device)
+                index = _on(clips.device, idx)
                 clips[index] = apply_op(
                     name, clips[index], [op.args for op in ops], [op.resample for op in ops],
                     ops[0].fill,
@@ -155,8 +155,8 @@ class DeviceAugment:
                               padding_mode="border", align_corners=False)  # fmt: skip
             parts.append(y.reshape(-1, t, 3, size, size))
         y = torch.cat(parts).permute(0, 2, 1, 3, 4)  # (n, 3, T, S, S)
-        mean = torch.tensor(IMAGENET_MEAN, device=y.device).view(1, 3, 1, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD, device=y.device).view(1, 3, 1, 1, 1) * 255
+        mean = _on(y.device, IMAGENET_MEAN, torch.float32).view(1, 3, 1, 1, 1) * 255
+        std = _on(y.device, IMAGENET_STD, torch.float32).view(1, 3, 1, 1, 1) * 255
         return (y - mean) / std
 
     def _erase(self, clips: torch.Tensor, plans: list[ClipPlan]) -> torch.Tensor:
@@ -167,7 +167,7 @@ class DeviceAugment:
             return clips
         n, _, t, size, _ = clips.shape
         dev = clips.device
-        b = torch.tensor(boxes, device=dev)  # (K, 6): row, frame, top, left, h, w
+        b = _on(dev, boxes)  # (K, 6): row, frame, top, left, h, w
         coords = torch.arange(size, device=dev)
         inside_y = (coords >= b[:, 2:3]) & (coords < (b[:, 2] + b[:, 4])[:, None])  # (K, S)
         inside_x = (coords >= b[:, 3:4]) & (coords < (b[:, 3] + b[:, 5])[:, None])
@@ -193,14 +193,20 @@ class DeviceAugment:
         return int((seeds * np.uint64(2_654_435_761)).sum() + np.uint64(self.seed)) % 2**63
 
 
+def _on(device: torch.device, values, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """A small host-built tensor on ``device`` without a stream sync (a blocking copy would
+    wait for the previous step's queued GPU work before this batch's kernels launch)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 def _crop_grid(
     plans: list[ClipPlan], height: int, width: int, size: int, device: torch.device
 ) -> torch.Tensor:
     """grid_sample coordinates that read each clip's box like F.interpolate(bilinear,
     align_corners=False) of the cropped box: source = (dst + 0.5) * scale - 0.5, clamped
     to the box, mirrored for flipped clips."""
-    box = torch.tensor([p.box for p in plans], dtype=torch.float64, device=device)
-    flip = torch.tensor([p.flip for p in plans], device=device)
+    box = _on(device, [p.box for p in plans], torch.float64)
+    flip = _on(device, [p.flip for p in plans], torch.bool)
     top, left, h, w = box.unbind(1)
     dst = torch.arange(size, dtype=torch.float64, device=device)
     ys = ((dst + 0.5) * (h / size)[:, None] - 0.5).clamp(min=0)
