@@ -82,10 +82,10 @@ def collate_raw(items: list) -> RawBatch:
             source.append(k)
             labels.append(item.label)
             videos.append(item.video_index)
-    as_long = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
     return RawBatch(
-        [it.frames for it in good], plans, source, as_long(labels), as_long(videos),
-        torch.zeros(len(plans), dtype=torch.int64), good[0].clip_shape, skipped,
+        [it.frames for it in good], plans, source, torch.tensor(labels, dtype=torch.int64),
+        torch.tensor(videos, dtype=torch.int64), torch.zeros(len(plans), dtype=torch.int64),
+        good[0].clip_shape, skipped,
     )  # fmt: skip
 
 
@@ -126,8 +126,6 @@ class DeviceAugment:
     @staticmethod
     def _rand_augment(clips: torch.Tensor, plans: list[ClipPlan]) -> torch.Tensor:
         """Layer by layer: each distinct op of a layer runs once on all clips drawing it."""
-        if not any(p.ops for p in plans):
-            return clips
         for layer in range(max((len(p.ops) for p in plans), default=0)):
             by_name: dict[str, list[int]] = {}
             for i, plan in enumerate(plans):

@@ -69,7 +69,7 @@ def data_config(args: argparse.Namespace, defer_augment: bool = False) -> DataCo
 def augments_on_device(args: argparse.Namespace, device: torch.device) -> bool:
     """``--aug_device``: True when training clips are augmented on ``device`` in the main
     process (workers decode only); auto = on a CUDA training device, else in the workers."""
-    flag = getattr(args, "aug_device", "auto")
+    flag = args.aug_device
     if flag == "cuda" and device.type != "cuda":
         raise ValueError(
             f"--aug_device cuda needs training on a CUDA device (training runs on {device}); "
