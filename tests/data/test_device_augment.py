@@ -219,3 +219,18 @@ def test_cuda_gives_the_cpu_result():
     on_gpu = DeviceAugment(32)(batch.pin_memory().to("cuda", non_blocking=True), "cuda")
     assert on_gpu.is_cuda
     assert torch.allclose(on_gpu.cpu(), DeviceAugment(32)(batch), atol=1e-4)
+
+
+def test_deferred_items_from_the_decode_cache_equal_decoded_ones(square_videos, tmp_path):
+    """--decode_cache with the device path: the same frames and plans, in a tensor the
+    worker may hand over (writeable, not a view of the cache's memory map)."""
+    plain = _dataset(square_videos, True, num_sample=2)
+    cached = _dataset(square_videos, True, num_sample=2, decode_cache=str(tmp_path / "cache"))
+    for _pass in range(2):  # the first read fills the cache, the second maps it
+        for i in range(4):
+            torch.manual_seed(i)
+            want = plain[i]
+            torch.manual_seed(i)
+            got = cached[i]
+            assert torch.equal(got.frames, want.frames) and got.plans == want.plans
+            assert got.frames.numpy().flags.writeable

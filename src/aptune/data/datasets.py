@@ -234,8 +234,7 @@ class VideoClipDataset(Dataset):
         t, height, width, _ = frames.shape
         plans = [self.train_transform.plan(t, height, width, rng, ops=True)
                  for _ in range(self.cfg.num_sample)]  # fmt: skip
-        if not frames.flags.writeable or not frames.flags.c_contiguous:  # a cache memmap
-            frames = np.array(frames)
+        # get_frames returns a fresh array (also from the cache's memory map): no copy here
         size = self.cfg.input_size
         shape = (3, self.cfg.num_frames, size, size)
         return RawClipItem(torch.from_numpy(frames), plans, entry.label, video, shape)
