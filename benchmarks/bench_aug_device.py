@@ -54,13 +54,13 @@ def device_cost(raw: list[RawClipItem], batch: int, device: str) -> float:
     """Seconds per clip of DeviceAugment on `device` (batches of `batch` items)."""
     aug = DeviceAugment(224)
     batches = [collate_raw(raw[i : i + batch]) for i in range(0, len(raw), batch)]
-    aug(batches[0].to(device), device)  # warm-up
+    aug(batches[0].to(device))  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
     clock = time.perf_counter if device == "cuda" else time.process_time
     start = clock()
     for b in batches:
-        aug(b.to(device), device)
+        aug(b.to(device))
     if device == "cuda":
         torch.cuda.synchronize()
     return (clock() - start) / sum(len(b) for b in batches)

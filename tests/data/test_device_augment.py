@@ -216,7 +216,7 @@ def test_cuda_gives_the_cpu_result():
     rng = np.random.default_rng(3)
     plans = [[tf.plan(4, 48, 64, rng, ops=True) for _ in range(2)] for _ in frames]
     batch = raw_batch(frames, plans, 32)
-    on_gpu = DeviceAugment(32)(batch.pin_memory().to("cuda", non_blocking=True), "cuda")
+    on_gpu = DeviceAugment(32)(batch.pin_memory().to("cuda", non_blocking=True))
     assert on_gpu.is_cuda
     assert torch.allclose(on_gpu.cpu(), DeviceAugment(32)(batch), atol=1e-4)
 

@@ -50,7 +50,6 @@ class RawBatch:
     source: list[int]  # row -> index into `frames`
     labels: torch.Tensor  # (B,) int64, one per row
     video_index: torch.Tensor
-    view_index: torch.Tensor
     clip_shape: tuple[int, int, int, int]  # (3, T, S, S) of one augmented clip
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -67,7 +66,7 @@ class RawBatch:
     def _map(self, fn) -> RawBatch:
         return RawBatch(
             [fn(f) for f in self.frames], list(self.plans), list(self.source), fn(self.labels),
-            fn(self.video_index), fn(self.view_index), self.clip_shape, list(self.skipped),
+            fn(self.video_index), self.clip_shape, list(self.skipped),
         )  # fmt: skip
 
 
@@ -84,20 +83,20 @@ def collate_raw(items: list) -> RawBatch:
             videos.append(item.video_index)
     return RawBatch(
         [it.frames for it in good], plans, source, torch.tensor(labels, dtype=torch.int64),
-        torch.tensor(videos, dtype=torch.int64), torch.zeros(len(plans), dtype=torch.int64),
-        good[0].clip_shape, skipped,
+        torch.tensor(videos, dtype=torch.int64), good[0].clip_shape, skipped,
     )  # fmt: skip
 
 
 class DeviceAugment:
-    """Applies the plans of a :class:`RawBatch` on the batch's device; returns (B, 3, T, S, S)
-    normalised float32 clips (what the worker path's ``Batch.clips`` holds)."""
+    """Applies the plans of a :class:`RawBatch` on the device its tensors are on (move it
+    there first: ``batch.to(device)``); returns (B, 3, T, S, S) normalised float32 clips
+    (what the worker path's ``Batch.clips`` holds)."""
 
     def __init__(self, input_size: int, remode: str = "pixel", seed: int = 0) -> None:
         self.input_size, self.remode, self.seed = input_size, remode, seed
 
-    def __call__(self, batch: RawBatch, device: torch.device | str | None = None) -> torch.Tensor:
-        device = torch.device(device) if device is not None else self._device(batch)
+    def __call__(self, batch: RawBatch) -> torch.Tensor:
+        device = batch.labels.device
         _, frames_per_clip, size, _ = batch.clip_shape
         out = torch.empty((len(batch), 3, frames_per_clip, size, size), device=device)
         if len(batch) == 0:
@@ -109,15 +108,11 @@ class DeviceAugment:
             out[_on(device, rows)] = self._group(batch, rows, device)
         return self._erase(out, batch.plans)
 
-    @staticmethod
-    def _device(batch: RawBatch) -> torch.device:
-        return batch.frames[0].device if batch.frames else batch.labels.device
-
     def _group(self, batch: RawBatch, rows: list[int], device: torch.device) -> torch.Tensor:
         """Rows whose videos share one frame size -> (n, 3, T, S, S)."""
         plans = [batch.plans[r] for r in rows]
         videos = sorted({batch.source[r] for r in rows})
-        stacked = torch.stack([batch.frames[v].to(device, non_blocking=True) for v in videos])
+        stacked = torch.stack([batch.frames[v] for v in videos])
         pick = _on(device, [videos.index(batch.source[r]) for r in rows])
         clips = stacked.index_select(0, pick).permute(0, 1, 4, 2, 3)  # (n, T, 3, H, W) uint8
         clips = self._rand_augment(clips.contiguous(), plans)

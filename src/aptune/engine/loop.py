@@ -180,7 +180,7 @@ def train_one_epoch(
 def _forward_backward(ts: TrainStep, batch, info: DistInfo, sync: bool) -> float | None:
     """Loss of the micro-batch (None for an all-skipped batch, which contributes zero)."""
     if isinstance(batch, RawBatch):  # workers decoded only: augment here, on the device
-        clips = ts.augment(batch.to(info.device, non_blocking=True), info.device)
+        clips = ts.augment(batch.to(info.device, non_blocking=True))
     else:
         clips = batch.clips.to(info.device, non_blocking=True)
     labels = batch.labels.to(info.device, non_blocking=True)
