@@ -4,7 +4,7 @@ The reference-style model below is written the way VideoMAE's fine-tuning ViT an
 code are (its own code is not in this repository): plain attention that keeps the
 (B, h, N, N+M) scores, fp32 weights under the same autocast, every block through
 autograd, prompts concatenated to the keys and values. aptune runs in every combination
-that engine/speed.py chooses between: SDPA or plain attention, frozen weights stored in
+that engine/speed.py chooses between: SDPA, plain or recomputing attention, frozen weights stored in
 bf16 or not, torch.compile or not, and what ``--attn_impl auto`` picks.
 
 Every configuration shares one set of weights, runs once per round in a shuffled order
@@ -234,7 +234,9 @@ def main() -> None:
     picked = auto.blocks[0].attn.attn_impl
     ref = RefViT(ours)
     models = {"reference-style": (ref, None), "sdpa": (ours, "sdpa"), "plain": (ours, "plain"),
-              "sdpa + bf16 frozen": (cast, "sdpa"), "plain + bf16 frozen": (cast, "plain"),
+              "recompute": (ours, "recompute"), "sdpa + bf16 frozen": (cast, "sdpa"),
+              "plain + bf16 frozen": (cast, "plain"),
+              "recompute + bf16 frozen": (cast, "recompute"),
               f"auto ({picked}) + bf16 frozen": (auto, None)}  # fmt: skip
     steps = {}
     for name, (model, impl) in models.items():
@@ -262,7 +264,8 @@ def main() -> None:
     report("bf16 autocast", times, memory, "reference-style", flops / gemm / 1e9)
     if a.no_fp32:
         return
-    fp32_models = {"reference-style": (ref, None), "sdpa": (ours, "sdpa"), "plain": (ours, "plain")}
+    fp32_models = {"reference-style": (ref, None), "sdpa": (ours, "sdpa"), "plain": (ours, "plain"),
+                   "recompute": (ours, "recompute")}  # fmt: skip
     steps = {}
     memory = {}
     for name, (model, impl) in fp32_models.items():

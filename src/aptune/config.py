@@ -88,9 +88,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--attn_impl",
         default="auto",
-        choices=["auto", "sdpa", "plain"],
-        help="attention kernel: auto times both on the first batch and keeps the faster; "
-        "sdpa = fused scaled_dot_product_attention; plain = matmul + softmax",
+        choices=["auto", "sdpa", "plain", "recompute"],
+        help="attention kernel: auto times the candidates on the first batch and keeps the "
+        "fastest; sdpa = fused scaled_dot_product_attention; plain = matmul + softmax, "
+        "probabilities kept for backward (most memory); recompute = SDPA's forward and a "
+        "backward recomputing the probabilities with GEMMs (CPU; SDPA elsewhere)",
     )
     g.add_argument(
         "--cos_attn",

@@ -53,8 +53,8 @@ def impls(model: torch.nn.Module) -> set[str]:
 class FakeTimer:
     """``measure`` with fixed seconds per impl; records the order of the calls."""
 
-    def __init__(self, sdpa: float, plain: float) -> None:
-        self.seconds = {"sdpa": sdpa, "plain": plain}
+    def __init__(self, sdpa: float, plain: float, recompute: float = 9.0) -> None:
+        self.seconds = {"sdpa": sdpa, "plain": plain, "recompute": recompute}
         self.calls: list[str] = []
 
     def __call__(self, impl: str) -> float:
@@ -62,17 +62,39 @@ class FakeTimer:
         return self.seconds[impl]
 
 
-@pytest.mark.parametrize("sdpa,plain,expected", [(1.0, 0.6, "plain"), (0.6, 1.0, "sdpa")])
-def test_auto_keeps_the_faster_path(sdpa, plain, expected):
-    model, timer = tiny(), FakeTimer(sdpa, plain)
+@pytest.mark.parametrize(
+    "sdpa,plain,recompute,expected",
+    [
+        (1.0, 0.6, 0.8, "plain"),
+        (0.6, 1.0, 0.8, "sdpa"),
+        (1.0, 0.9, 0.7, "recompute"),
+        (1.0, 0.97, 0.99, "recompute"),  # plain within PLAIN_MARGIN: the lean kernel
+        (1.0, 0.97, 1.0, "sdpa"),  # and a tie of the lean two keeps sdpa
+    ],
+)
+def test_auto_keeps_the_fastest_path(sdpa, plain, recompute, expected):
+    model, timer = tiny(), FakeTimer(sdpa, plain, recompute)
     choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, 1 << 40)
     assert choice.impl == expected
-    assert choice.seconds == {"sdpa": sdpa, "plain": plain}
-    # 1 warm-up + 3 timed rounds, both impls each round, the order alternating
-    assert timer.calls == ["sdpa", "plain", "plain", "sdpa", "sdpa", "plain", "plain", "sdpa"]
+    assert choice.seconds == {"sdpa": sdpa, "recompute": recompute, "plain": plain}
+    # 1 warm-up + 3 timed rounds, every impl each round, the order alternating
+    forward, backward = ["sdpa", "recompute", "plain"], ["plain", "recompute", "sdpa"]
+    assert timer.calls == (forward + backward) * 2
     line = choice.log_line()
     assert f"sdpa {sdpa:.3f} s" in line and f"plain {plain:.3f} s" in line
-    assert line.endswith(f"-> {expected}")
+    assert f"recompute {recompute:.3f} s" in line and line.endswith(f"-> {expected}")
+
+
+def test_recompute_is_a_candidate_only_when_training_on_a_cpu():
+    """Its forward is SDPA's own kernel, and off the CPU it is SDPA: timing it there would
+    only spend steps."""
+    model = tiny()
+    for train, device in ((False, "cpu"), (True, "cuda")):
+        timer = FakeTimer(1.0, 0.9, 0.1)
+        choice = speed.choose_attn_impl(
+            model, "auto", 2, torch.bfloat16, train, timer, 1 << 40, device=device
+        )
+        assert choice.impl == "plain" and set(timer.calls) == {"sdpa", "plain"}
 
 
 def test_time_impls_takes_medians_and_one_repeat_for_slow_steps():
@@ -87,18 +109,23 @@ def test_time_impls_takes_medians_and_one_repeat_for_slow_steps():
 def test_plain_is_never_timed_when_its_scores_do_not_fit():
     model = tiny()
     need = speed.plain_score_bytes(model, 2, torch.bfloat16, train=True)
-    timer = FakeTimer(sdpa=1.0, plain=0.1)
+    timer = FakeTimer(sdpa=1.0, plain=0.1, recompute=0.5)
     choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, need)
-    assert choice.impl == "sdpa" and timer.calls == [] and "not timed" in choice.log_line()
+    assert choice.impl == "recompute" and "plain" not in timer.calls
+    assert "plain not timed" in choice.log_line()
+    timer.calls.clear()  # unknown memory: the safe paths only
     choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, None)
-    assert choice.impl == "sdpa" and timer.calls == []  # unknown memory: the safe path
+    assert choice.impl == "recompute" and set(timer.calls) == {"sdpa", "recompute"}
+    timer.calls.clear()  # evaluation without room for plain: sdpa alone, nothing timed
+    choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, False, timer, 1)
+    assert choice.impl == "sdpa" and timer.calls == [] and "not timed" in choice.log_line()
     roomy = int(need / speed.MEMORY_SHARE) + 1
     assert speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, roomy).impl == (
         "plain"
     )
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "plain"])
+@pytest.mark.parametrize("impl", ["sdpa", "plain", "recompute"])
 def test_explicit_impl_is_kept_without_timing(impl):
     timer = FakeTimer(1.0, 1.0)
     choice = speed.choose_attn_impl(tiny(), impl, 2, torch.float32, True, timer, 1 << 40)
@@ -221,9 +248,10 @@ def test_prepare_times_on_the_run_shapes_and_leaves_no_trace(caplog):
     assert torch.equal(torch.rand(4), expected_next)  # the run's RNG stream is untouched
     assert out is model and not model.training
     assert all(p.grad is None for p in model.parameters())
-    assert len(impls(model)) == 1 and impls(model) <= {"sdpa", "plain"}
+    assert len(impls(model)) == 1 and impls(model) <= {"sdpa", "plain", "recompute"}
     lines = [r.getMessage() for r in caplog.records if "attention auto" in r.getMessage()]
     assert len(lines) == 1 and "train step (bfloat16, batch 2)" in lines[0]
+    assert all(f"{impl} " in lines[0] for impl in ("sdpa", "plain", "recompute"))
     assert model.blocks[1].mlp.fc1.weight.dtype == torch.bfloat16
 
 

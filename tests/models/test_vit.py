@@ -59,7 +59,7 @@ def written_out_attention(attn: Attention, x, pk=None, pv=None):
     return attn.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "plain"])
+@pytest.mark.parametrize("impl", ["sdpa", "plain", "recompute"])
 @pytest.mark.parametrize("with_prompts", [False, True])
 def test_attention_equals_written_out(impl, with_prompts):
     torch.manual_seed(0)

@@ -9,11 +9,12 @@ Three independent measures, applied by :func:`prepare_model_for_speed` once per 
   cast anyway (Linear/Conv weights and biases, the q/v biases that feed ``F.linear``) are
   converted, so the results are the same bits; LayerNorms, layer-scales, trainable tensors
   and therefore the optimiser state stay fp32.
-* **the faster attention path**: which of the fused SDPA kernel and the plain
-  matmul+softmax path is faster depends on the machine and the dtype (issue 13); with
-  ``--attn_impl auto`` both are timed on the run's own shapes and the faster is kept. The
-  plain path keeps a (B, h, N, N+M) score tensor per block for backward, so it is not even
-  timed when those would not fit in memory.
+* **the faster attention path**: which of the fused SDPA kernel, the plain matmul+softmax
+  path and (CPU training) the recomputing kernel is faster depends on the machine and the
+  dtype (issue 13); with ``--attn_impl auto`` the candidates are timed on the run's own
+  shapes and the fastest is kept. The plain path keeps a (B, h, N, N+M) score tensor per
+  block for backward, so it is not even timed when those would not fit in memory; the
+  recomputing kernel keeps what SDPA keeps.
 * ``--compile``: ``torch.compile`` around the model (``engine.distributed.unwrap`` strips it).
 """
 
@@ -34,16 +35,19 @@ from torch import nn
 
 from aptune.engine.distributed import DistInfo, all_gather_objects, unwrap
 from aptune.engine.loop import Precision
-from aptune.models.vit import Attention, VisionTransformer
+from aptune.models.vit import ATTN_IMPLS, Attention, VisionTransformer
 
 log = logging.getLogger("aptune")
 
-IMPLS = ("sdpa", "plain")
+IMPLS = ATTN_IMPLS
 #: modules whose floating-point parameters autocast casts to the low dtype at every call
 _LOW_PRECISION_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: share of the available memory plain attention's scores may take (the rest of the
 #: activations, the weights and other processes need room too)
 MEMORY_SHARE = 0.5
+#: how much faster plain must time to be picked: it keeps about 3x the activations of the
+#: other two, so within timing noise the memory-lean kernel wins
+PLAIN_MARGIN = 0.05
 
 
 # -- frozen weights ------------------------------------------------------------------------
@@ -175,15 +179,19 @@ def step_timer(
 
 
 def time_impls(
-    measure: Callable[[str], float], warmup: int = 1, repeats: int = 3, slow: float = 2.0
+    measure: Callable[[str], float],
+    warmup: int = 1,
+    repeats: int = 3,
+    slow: float = 2.0,
+    impls: tuple[str, ...] = ("sdpa", "plain"),
 ) -> dict[str, float]:
-    """Median seconds per impl, interleaved so a noisy neighbour hits both; one timed
+    """Median seconds per impl, interleaved so a noisy neighbour hits all; one timed
     repeat each when a warm-up step is slower than ``slow`` seconds (big batches)."""
-    samples: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    samples: dict[str, list[float]] = {impl: [] for impl in impls}
     warm: list[float] = []
     r = 0
     while r < warmup + repeats:
-        order = IMPLS if r % 2 == 0 else IMPLS[::-1]
+        order = impls if r % 2 == 0 else impls[::-1]
         for impl in order:
             t = measure(impl)
             (samples[impl] if r >= warmup else warm).append(t)
@@ -203,25 +211,42 @@ def choose_attn_impl(
     available: int | None,
     warmup: int = 1,
     repeats: int = 3,
+    device: torch.device | str = "cpu",
 ) -> AttnChoice:
-    """Resolve ``--attn_impl``; ``auto`` times both paths with ``measure`` unless plain's
-    score tensors would exceed ``MEMORY_SHARE`` of ``available`` bytes (then sdpa)."""
+    """Resolve ``--attn_impl``; ``auto`` times the candidates with ``measure``: sdpa; the
+    recomputing kernel when training on a CPU (elsewhere it is sdpa itself, and a forward
+    runs the same fused kernel); plain unless its score tensors would exceed
+    ``MEMORY_SHARE`` of ``available`` bytes. A lone candidate is taken without timing;
+    plain must be ``PLAIN_MARGIN`` faster than the best memory-lean kernel to be taken."""
     if requested in IMPLS:
         return AttnChoice(requested, requested, reason=f"--attn_impl {requested}")
     if requested != "auto":
-        raise ValueError(f"--attn_impl must be one of auto, sdpa, plain; got {requested!r}")
+        names = ", ".join(("auto",) + IMPLS)
+        raise ValueError(f"--attn_impl must be one of {names}; got {requested!r}")
+    candidates = ["sdpa"]
+    if train and torch.device(device).type == "cpu":
+        candidates.append("recompute")
     need = plain_score_bytes(model, batch, dtype, train)
+    skipped = ""
     if available is None or need > MEMORY_SHARE * available:
         have = "unknown" if available is None else f"{available / 2**30:.1f} GiB available"
-        why = f"auto; plain attention would hold {need / 2**30:.1f} GiB of scores, {have}"
-        return AttnChoice("sdpa", requested, reason=why + ": sdpa, plain not timed")
+        skipped = f"plain attention would hold {need / 2**30:.1f} GiB of scores, {have}"
+    else:
+        candidates.append("plain")
+    if len(candidates) == 1:
+        return AttnChoice("sdpa", requested, reason=f"auto; {skipped}: sdpa, plain not timed")
     if measure is None:
         raise ValueError("choose_attn_impl: --attn_impl auto needs a step to time")
-    seconds = time_impls(measure, warmup, repeats)
-    best = min(IMPLS, key=lambda impl: seconds[impl])  # ties keep sdpa (listed first)
+    seconds = time_impls(measure, warmup, repeats, impls=tuple(candidates))
+    weight = {"plain": 1.0 + PLAIN_MARGIN}
+    # ties keep the earlier candidate: sdpa, then recompute
+    best = min(candidates, key=lambda impl: seconds[impl] * weight.get(impl, 1.0))
     kind = "train step" if train else "forward"
     dname = str(dtype).replace("torch.", "")
-    return AttnChoice(best, requested, seconds, reason=f"{kind} ({dname}, batch {batch})")
+    reason = f"{kind} ({dname}, batch {batch})"
+    if skipped:
+        reason += f"; plain not timed: {skipped}"
+    return AttnChoice(best, requested, seconds, reason=reason)
 
 
 # -- the entry point -------------------------------------------------------------------------
@@ -248,7 +273,9 @@ def _timed_choice(
         with torch.random.fork_rng(devices=devices):
             model.train(train)
             measure = step_timer(model, x, precision, train)
-            return choose_attn_impl(model, requested, x.shape[0], dtype, train, measure, available)
+            return choose_attn_impl(
+                model, requested, x.shape[0], dtype, train, measure, available, device=x.device
+            )
     finally:
         model.train(was_training)
         for p, g in grads.items():

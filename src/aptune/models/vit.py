@@ -21,9 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aptune.models.layers import DropPath, init_weights, plain_attention, sinusoid_table
+from aptune.models.layers import (
+    DropPath,
+    init_weights,
+    plain_attention,
+    recompute_attention,
+    sinusoid_table,
+)
 
-AttnImpl = Literal["sdpa", "plain"]
+AttnImpl = Literal["sdpa", "plain", "recompute"]
+ATTN_IMPLS: tuple[str, ...] = ("sdpa", "plain", "recompute")
 LN_EPS = 1e-6
 #: VideoMAE V2's cap on the cosine-attention logit scale: exp(scale) <= 100.
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -124,10 +131,18 @@ class Attention(nn.Module):
             scale = 1.0
         if self.attn_impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, N, d)
+        elif self.attn_impl == "recompute":  # SDPA's saved set, GEMM-speed backward (layers.py)
+            out = recompute_attention(q, k, v, 1.0 if self.cos_attn else self.scale)
         else:  # scores (B, h, N, N+M) kept for backward; row-major matmuls (layers.py)
             out = plain_attention(q, k, v, 1.0 if self.cos_attn else self.scale)  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(B, N, D)
         return self.proj(out)
+
+
+def check_attn_impl(impl: str) -> None:
+    """One-line error for an unknown attention kernel name."""
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}; got {impl!r}")
 
 
 class Mlp(nn.Module):
@@ -206,8 +221,7 @@ class VisionTransformer(nn.Module):
         cos_attn: bool = False,
     ) -> None:
         super().__init__()
-        if attn_impl not in ("sdpa", "plain"):
-            raise ValueError(f"attn_impl must be 'sdpa' or 'plain', got {attn_impl!r}")
+        check_attn_impl(attn_impl)
         self.num_classes, self.embed_dim, self.depth = num_classes, embed_dim, depth
         self.num_heads, self.init_scale, self.cos_attn = num_heads, init_scale, cos_attn
         self.num_frames, self.img_size, self.tubelet_size = num_frames, img_size, tubelet_size
@@ -246,9 +260,8 @@ class VisionTransformer(nn.Module):
         return self.embed_dim // self.num_heads
 
     def set_attn_impl(self, impl: AttnImpl) -> None:
-        """Switch every block between the fused SDPA kernel and the plain reference path."""
-        if impl not in ("sdpa", "plain"):
-            raise ValueError(f"attn_impl must be 'sdpa' or 'plain', got {impl!r}")
+        """Switch every block's attention kernel (sdpa, plain or recompute)."""
+        check_attn_impl(impl)
         for blk in self.blocks:
             blk.attn.attn_impl = impl
 

@@ -1,0 +1,141 @@
+"""The recomputing attention kernel (``attn_impl="recompute"``): exact gradients, its
+chunked and partial-gradient paths, the whole model against SDPA, and bf16 precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aptune.models import layers
+from aptune.models.layers import plain_attention, recompute_attention
+from aptune.models.vit import create_vit
+from aptune.tuning import apply_apt
+
+
+def qkv(n: int = 6, m: int = 9, d: int = 8, dtype=torch.float64, seed: int = 0, q_scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 3, n, d, generator=g, dtype=dtype) * q_scale
+    k = torch.randn(2, 3, m, d, generator=g, dtype=dtype)
+    v = torch.randn(2, 3, m, d, generator=g, dtype=dtype)
+    return q, k, v
+
+
+def formula(q, k, v, scale):
+    return ((q * scale) @ k.transpose(-2, -1)).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("rows_per_chunk", [None, 2, 5])
+def test_gradients_equal_autograd_of_the_formula(monkeypatch, rows_per_chunk):
+    """Whole heads at once and in row chunks (the long-clip path, chunk sums in fp64 here)."""
+    if rows_per_chunk is not None:  # 9 keys: 18 elements -> chunks of 2 rows, 45 -> 5 rows
+        monkeypatch.setattr(layers, "_RECOMPUTE_ELEMENTS", 9 * rows_per_chunk)
+    q, k, v = (t.requires_grad_() for t in qkv())
+    assert torch.autograd.gradcheck(lambda a, b, c: recompute_attention(a, b, c, 0.35), (q, k, v))
+    out = recompute_attention(q, k, v, 0.35)
+    ref = formula(q, k, v, 0.35)
+    torch.testing.assert_close(out, ref)
+    w = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    for a, b in zip(grads, torch.autograd.grad((ref * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b)
+
+
+def test_only_the_needed_gradients_are_computed():
+    """The first APT block's queries come from the frozen patch embedding: no dQ there."""
+    q, k, v = qkv()
+    k.requires_grad_()
+    out = recompute_attention(q, k, v, 0.35)
+    (dk,) = torch.autograd.grad(out.sum(), (k,))
+    kk = k.detach().requires_grad_()
+    (ref,) = torch.autograd.grad(formula(q, kk, v, 0.35).sum(), (kk,))
+    torch.testing.assert_close(dk, ref)
+    assert q.grad is None and v.grad is None
+
+
+def _train_grads(model, x, impl, autocast_dtype=None):
+    model.set_attn_impl(impl)
+    model.zero_grad(set_to_none=True)
+    low = autocast_dtype is not None
+    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=low):
+        out = model(x)
+    out.float().square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach().float(), grads
+
+
+@pytest.mark.parametrize("cos_attn", [False, True])
+def test_apt_model_trains_the_same_as_sdpa(cos_attn):
+    """fp32: logits and every prompt/head gradient equal SDPA's to rounding (V2's cosine
+    attention passes scale 1 with the logit scale folded into q)."""
+    torch.manual_seed(0)
+    model = apply_apt(
+        create_vit("vit_nano", num_classes=5, num_frames=4, img_size=32, cos_attn=cos_attn),
+        num_tokens=3,
+        reparam=True,
+    )
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(("kv_prompts", "head", "fc_norm")))
+    x = torch.randn(2, 3, 4, 32, 32)
+    out_s, grads_s = _train_grads(model, x, "sdpa")
+    out_r, grads_r = _train_grads(model, x, "recompute")
+    torch.testing.assert_close(out_r, out_s)
+    assert grads_r.keys() == grads_s.keys() and any(n.startswith("kv_prompts") for n in grads_r)
+    for name in grads_s:
+        torch.testing.assert_close(grads_r[name], grads_s[name], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_training_matches_sdpa_within_bf16_rounding():
+    torch.manual_seed(1)
+    model = apply_apt(create_vit("vit_nano", num_classes=5, num_frames=4, img_size=32), 2)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(("kv_prompts", "head")))
+    x = torch.randn(2, 3, 4, 32, 32)
+    out_s, grads_s = _train_grads(model, x, "sdpa", torch.bfloat16)
+    out_r, grads_r = _train_grads(model, x, "recompute", torch.bfloat16)
+    torch.testing.assert_close(out_r, out_s, rtol=0, atol=0)  # the same fused forward
+    for name in grads_s:
+        a, b = grads_r[name], grads_s[name]
+        assert (a - b).norm() <= 0.02 * b.norm(), name
+
+
+def _relative_grad_errors(fn, q, k, v, w, ref_grads):
+    q, k, v = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    grads = torch.autograd.grad((out.float() * w).sum(), (q, k, v))
+    return [float((a.double() - r).norm() / r.norm()) for a, r in zip(grads, ref_grads)]
+
+
+def test_bf16_gradients_are_more_exact_than_plain_on_peaked_attention():
+    """Real attention rows are peaked: the recomputed probabilities exp(s - lse) round the
+    small number s - lse near each row's peak, where plain's bf16 scores round s itself."""
+    scale = 64**-0.5
+    q, k, v = qkv(n=256, m=258, d=64, seed=3, q_scale=4.0)  # peaked rows
+    w = torch.randn(q.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    qd, kd, vd = (t.clone().requires_grad_() for t in (q, k, v))
+    ref = torch.autograd.grad((formula(qd, kd, vd, scale) * w).sum(), (qd, kd, vd))
+    kernels = (
+        lambda a, b, c: recompute_attention(a, b, c, scale),
+        lambda a, b, c: plain_attention(a, b, c, scale),
+        lambda a, b, c: F.scaled_dot_product_attention(a, b, c),
+    )
+    rec, pla, sdp = (_relative_grad_errors(fn, q, k, v, w, ref) for fn in kernels)
+    assert max(rec) < 0.02
+    for r, p, s in zip(rec, pla, sdp):
+        assert r < p and r < 2 * s, (rec, pla, sdp)
+
+
+def test_sdpa_itself_where_no_backward_runs_or_off_the_cpu(monkeypatch):
+    """Inference and export tracing see plain SDPA (same CPU kernel as the forward here);
+    CUDA's fused backward is already fast, so there the kernel is SDPA as well."""
+    calls = []
+    monkeypatch.setattr(layers.RecomputeAttention, "apply", lambda *a: calls.append(a))
+    q, k, v = qkv(dtype=torch.float32)
+    meta = [t.to("meta").requires_grad_() for t in (q, k, v)]
+    assert recompute_attention(*meta, 0.35).shape == q.shape and calls == []
+    assert recompute_attention(q, k, v, 0.35).shape == q.shape and calls == []  # no grad
+    with torch.no_grad():
+        recompute_attention(q, k.requires_grad_(), v, 0.35)
+    assert calls == []
+    recompute_attention(q, k, v, 0.35)
+    assert len(calls) == 1
