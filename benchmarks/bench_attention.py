@@ -13,7 +13,9 @@ measured matmul floor (a large fp32 GEMM).
 k, v; 1568 queries, 1570 keys), in one process, the variants interleaved, in CPU seconds:
 the reference's plain expression (autograd through transposed views), SDPA, and aptune's
 plain path (``models.layers.plain_attention``: every batched matmul reads row-major
-operands, transposes made contiguous first, backward written out). On
+operands, transposes made contiguous first, backward written out) and its recomputing
+kernel (``models.layers.recompute_attention``: SDPA's fused forward, a backward that
+recomputes the probabilities per head with row-major GEMMs). On
 the AMX Xeon here a bf16 ``bmm`` whose second operand is a transposed view runs at about
 a quarter of the row-major rate, which is what makes the plain backward slow.
 """
@@ -101,13 +103,13 @@ def measure(cfg: dict) -> dict:
 
 
 def kernels(rounds: int) -> None:
-    """One ViT-S block's attention core, forward + backward, three ways, CPU seconds."""
+    """One ViT-S block's attention core, forward + backward, four ways, CPU seconds."""
     import statistics
 
     import torch
     import torch.nn.functional as F
 
-    from aptune.models.layers import plain_attention
+    from aptune.models.layers import plain_attention, recompute_attention
 
     B, h, N, M, d = 1, 6, 1568, 2, 64
     scale = d**-0.5
@@ -119,6 +121,7 @@ def kernels(rounds: int) -> None:
         "formula plain (reference)": formula_plain,
         "sdpa": F.scaled_dot_product_attention,
         "aptune plain (row-major)": lambda q, k, v: plain_attention(q, k, v, scale),
+        "aptune recompute": lambda q, k, v: recompute_attention(q, k, v, scale),
     }
     print(f"attention core, ViT-S block (h {h}, {N} queries, {N + M} keys), fwd+bwd, "
           f"{torch.get_num_threads()} thread(s), CPU ms, median of {rounds}")  # fmt: skip
@@ -144,7 +147,7 @@ def kernels(rounds: int) -> None:
             t = statistics.median(times[name])
             err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
                       for a, b in zip(outs[name], outs["formula plain (reference)"]))  # fmt: skip
-            print(f"  {str(dtype)[6:]:<9}{name:<17}{1e3 * t:8.1f} ms{base / t:7.2f}x"
+            print(f"  {str(dtype)[6:]:<9}{name:<27}{1e3 * t:8.1f} ms{base / t:7.2f}x"
                   f"   max rel. diff to the formula {err:.1e}")  # fmt: skip
 
 
