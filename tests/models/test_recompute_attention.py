@@ -139,3 +139,48 @@ def test_sdpa_itself_where_no_backward_runs_or_off_the_cpu(monkeypatch):
     assert calls == []
     recompute_attention(q, k, v, 0.35)
     assert len(calls) == 1
+
+
+def _saved_bytes(impl: str, dtype: torch.dtype) -> int:
+    """Bytes a training forward of one APT block keeps for backward (non-parameters)."""
+    torch.manual_seed(0)
+    model = apply_apt(create_vit("vit_nano", num_classes=5, num_frames=4, img_size=64), 2)
+    model.set_attn_impl(impl)
+    params = {p.data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in params:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(2, 3, 4, 64, 64)  # 2 x 4 x 4 = 32 tokens
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            model.blocks[0](model.patch_embed(x) + model.pos_embed, model.kv_prompts(0))
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_keeps_what_sdpa_keeps_not_the_probabilities(dtype):
+    """The point of the kernel: SDPA's activation memory, where plain keeps (B, h, N, N+M)."""
+    sdpa, recompute, plain = (_saved_bytes(i, dtype) for i in ("sdpa", "recompute", "plain"))
+    b, h, n, m = 2, 2, 32, 2
+    probs = b * h * n * (n + m) * torch.empty((), dtype=dtype).element_size()
+    lse = b * h * n * 4  # SDPA's fp32 log-sum-exp, (B, h, N)
+    assert recompute == sdpa
+    assert plain - sdpa == probs - lse  # plain keeps the probabilities instead
+
+
+def test_fp16_gradients_match_the_formula():
+    """``--fp16``: the log-sum-exp and row sums split into fp16 halves the same way."""
+    q, k, v = qkv(n=40, m=42, d=16, dtype=torch.float64, seed=5, q_scale=2.0)
+    w = torch.randn(q.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    qd, kd, vd = (t.clone().requires_grad_() for t in (q, k, v))
+    ref = torch.autograd.grad((formula(qd, kd, vd, 0.25) * w).sum(), (qd, kd, vd))
+    q16, k16, v16 = (t.to(torch.float16).requires_grad_() for t in (q, k, v))
+    out = recompute_attention(q16, k16, v16, 0.25)
+    grads = torch.autograd.grad((out.double() * w).sum(), (q16, k16, v16))
+    for g, r in zip(grads, ref):
+        assert g.dtype == torch.float16
+        assert (g.double() - r).norm() <= 5e-3 * r.norm()
