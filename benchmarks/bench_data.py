@@ -3,15 +3,23 @@
 Per container (320x240 avi/mpeg4, 340x256 mp4/h264, 320x240 webm/vp9, 96 frames), one
 training item = open + decode one 16x4 dense clip + `--num_sample` augmented clips (224 px,
 RandAugment rand-m4-n2-mstd0.2-inc1, random resized crop, flip, reprob 0.25), measured with
-`time.process_time` on one thread. Three paths, interleaved, medians of `--repeats`:
+`time.process_time` on one thread. Four paths, interleaved, medians of `--repeats`:
 
+- issue:   the pipeline when issue 13 was filed: the seed's clip path (below) on the video
+           reader of that time (taken from git, `--old_rev`; it returns wrong frames on
+           AVIs with B-frames, which these test videos do not have), the baseline of the
+           issue's "1.35x today's training clips per CPU-second";
 - seed:    the clip path before issue 17 (exact-stride indices, jittered crop resized by
-           PIL bicubic, RandAugment on the 224 px crop), kept here verbatim to measure;
+           PIL bicubic, RandAugment on the 224 px crop), kept here verbatim to measure, on
+           today's frame-exact reader;
 - literal: the reference's order as it runs it (RandAugment on whole frames, normalise,
            crop, float bilinear) = `TrainTransform(whole_frames=True)`;
 - new:     aptune's path: the same pixels, RandAugment only on the crop box, uint8 resize.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_data.py [--videos 3] [--items 40] [--repeats 5]
+
+The "vs issue" column is the issue's goal; "vs seed" credits the clip path alone (both
+read with today's reader).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +36,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aptune.data import open_video
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decode import old_reader_class  # noqa: E402
+
+from aptune.data import open_video  # noqa: E402
 from aptune.data.sampling import dense_indices, dense_train_indices
 from aptune.data.synthetic import make_clip, write_video
 from aptune.data.transforms import TrainTransform, normalize, sample_crop_box
@@ -110,13 +122,14 @@ def make_videos(root: Path, n: int, frames: int = 96) -> dict[str, list[str]]:
     return out
 
 
-def run_items(paths, sampler, transform, items: int, num_sample: int, seed: int):
+def run_items(paths, sampler, transform, items: int, num_sample: int, seed: int, reader=None):
     """CPU seconds (decode, augment) for `items` training items over `paths`."""
     rng = np.random.default_rng(seed)
+    open_reader = reader or (lambda path: open_video(path, "pyav"))
     decode = augment = 0.0
     for i in range(items):
         start = time.process_time()
-        with open_video(paths[i % len(paths)], "pyav") as reader:
+        with open_reader(paths[i % len(paths)]) as reader:
             frames = reader.get_frames(sampler(reader.num_frames, 16, 4, rng))
         mid = time.process_time()
         for _ in range(num_sample):
@@ -131,27 +144,34 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=40, help="training items per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats")
     parser.add_argument("--num_sample", type=int, default=2)
+    parser.add_argument(
+        "--old_rev", default="a3c369e~1", help="git revision of the issue-time video reader"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    seed = SeedTrainTransform()
     paths = {
-        "seed": (dense_indices, SeedTrainTransform()),
+        "issue": (dense_indices, seed, old_reader_class(args.old_rev)),
+        "seed": (dense_indices, seed, None),
         "literal": (dense_train_indices, TrainTransform(224, True, AA, reprob=0.25,
-                                                        whole_frames=True)),
-        "new": (dense_train_indices, TrainTransform(224, True, AA, reprob=0.25)),
+                                                        whole_frames=True), None),
+        "new": (dense_train_indices, TrainTransform(224, True, AA, reprob=0.25), None),
     }  # fmt: skip
     clips = args.items * args.num_sample
     print(f"one thread, {args.items} items x {args.num_sample} clips per repeat, "
           f"{args.repeats} interleaved repeats, medians; CPU time (process_time)")  # fmt: skip
     header = f"{'video':10s} {'path':8s} {'decode ms/item':>14s} {'augment ms/clip':>15s} "
-    print("\n" + header + f"{'clips/CPU-s':>12s} {'vs seed':>8s}")
+    print("\n" + header + f"{'clips/CPU-s':>12s} {'vs issue':>9s} {'vs seed':>8s}")
     with tempfile.TemporaryDirectory() as tmp:
         videos = make_videos(Path(tmp), args.videos)
         for name, files in videos.items():
             times: dict[str, list[tuple[float, float]]] = {p: [] for p in paths}
             for rep in range(args.repeats):
-                for path, (sampler, transform) in paths.items():
+                for path, (sampler, transform, reader) in paths.items():
                     times[path].append(
-                        run_items(files, sampler, transform, args.items, args.num_sample, rep)
+                        run_items(
+                            files, sampler, transform, args.items, args.num_sample, rep, reader
+                        )
                     )
             rates = {p: [clips / (d + a) for d, a in t] for p, t in times.items()}
             for path in paths:
@@ -159,8 +179,12 @@ def main() -> None:
                 aug = np.median([a for _, a in times[path]]) / clips * 1000
                 rate = float(np.median(rates[path]))
                 # ratio per repeat (the paths ran side by side), then the median
-                ratio = np.median([r / s for r, s in zip(rates[path], rates["seed"])])
-                print(f"{name:10s} {path:8s} {dec:14.1f} {aug:15.1f} {rate:12.2f} {ratio:7.2f}x")
+                vs = {
+                    base: np.median([r / s for r, s in zip(rates[path], rates[base])])
+                    for base in ("issue", "seed")
+                }
+                print(f"{name:10s} {path:8s} {dec:14.1f} {aug:15.1f} {rate:12.2f} "
+                      f"{vs['issue']:8.2f}x {vs['seed']:7.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":
