@@ -184,3 +184,16 @@ def test_fp16_gradients_match_the_formula():
     for g, r in zip(grads, ref):
         assert g.dtype == torch.float16
         assert (g.double() - r).norm() <= 5e-3 * r.norm()
+
+
+def test_full_fine_tuning_without_prompts_matches_sdpa():
+    """No prompts: k and v are strided views of the qkv projection, and every weight of the
+    block (qkv, proj, norms) gets its gradient through the kernel."""
+    torch.manual_seed(0)
+    model = create_vit("vit_nano", num_classes=5, num_frames=4, img_size=32)
+    x = torch.randn(2, 3, 4, 32, 32)
+    _, grads_s = _train_grads(model, x, "sdpa")
+    _, grads_r = _train_grads(model, x, "recompute")
+    assert "blocks.0.attn.qkv.weight" in grads_r
+    for name, g in grads_s.items():
+        torch.testing.assert_close(grads_r[name], g, rtol=1e-4, atol=1e-6)
