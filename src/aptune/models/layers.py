@@ -141,7 +141,7 @@ def _mm_into(
     if total is None:
         torch.mm(a, b, out=out)
     else:
-        total.add_(torch.mm(a, b))
+        total.add_(torch.mm(a, b).to(total.dtype))  # a same-dtype add: mixed ones are slow
 
 
 class RecomputeAttention(torch.autograd.Function):
