@@ -69,6 +69,7 @@ class FakeTimer:
         (0.6, 1.0, 0.8, "sdpa"),
         (1.0, 0.9, 0.7, "recompute"),
         (1.0, 0.97, 0.99, "recompute"),  # plain within PLAIN_MARGIN: the lean kernel
+        (1.0, 0.92, 1.0, "sdpa"),  # 8% faster is not enough either
         (1.0, 0.97, 1.0, "sdpa"),  # and a tie of the lean two keeps sdpa
     ],
 )
