@@ -148,7 +148,7 @@ class RecomputeAttention(torch.autograd.Function):
     """``softmax(q k^T * scale) v``: SDPA's fused CPU forward, and a backward that recomputes
     the probabilities head by head with row-major matmuls instead of storing them.
 
-    Why: the plain kernel is the fastest bf16 backward on AMX CPUs but keeps a (B, h, N, N+M)
+    Why: the plain kernel's bf16 backward is fast on AMX CPUs but keeps a (B, h, N, N+M)
     probability tensor per block (about the reference's activation memory); torch's fused
     CPU backward keeps only q, k, v, the output and the log-sum-exp but runs far below GEMM
     speed. This keeps what the fused kernel keeps and spends its time in GEMMs: per head,
