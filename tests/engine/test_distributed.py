@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,8 +48,12 @@ def test_seed_ssv2_command_under_two_process_launch(square_data, tmp_path):
     --epochs 1 --warmup_epochs 10 --test_num_segment 2 --test_num_crop 3 --dist_eval
     --pin_mem --enable_deepspeed --prompt_reparam --is_aa --aa rand-m4-n2-mstd0.2-inc1
     """.split()
+    with socket.socket() as sock:  # not the launcher's fixed 29500, which anything may hold
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2",
-           str(REPO / "run_class_apt.py"), *flags, "--num_workers", "1"]  # fmt: skip
+           f"--master_port={port}", str(REPO / "run_class_apt.py"), *flags,
+           "--num_workers", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NCCL_P2P_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
