@@ -20,6 +20,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from .clip_warp import warp_clip
+
 # per-pixel ops (a LUT or a blend with a per-pixel image): the region in is the region out
 POINTWISE = {
     "Invert", "Posterize", "PosterizeIncreasing", "PosterizeOriginal", "Solarize",
@@ -166,6 +168,10 @@ class ClipRandAugment:
                 0, regions[0] if m is None else preimage_region(m, regions[0], width, height)
             )
         x, y, w, h = regions[0]
+        # the frames between ops: a list of PIL images, or one (T, h, w, 3) array (`clip`)
+        # while the ops are warps that `warp_clip` does for the whole clip at once
+        images: list[Image.Image] | None = None
+        clip: np.ndarray | None = None
         if split:
             images = [Image.fromarray(f) for f in frames]
             for op in ops[:split]:
@@ -175,18 +181,38 @@ class ClipRandAugment:
             crop = frames[:, y : y + h, x : x + w]
             return np.ascontiguousarray(crop[:, :, ::-1] if flip else crop)
         else:
-            crops = frames[:, y : y + h, x : x + w]
-            images = [Image.fromarray(np.ascontiguousarray(f)) for f in crops]
+            clip = frames[:, y : y + h, x : x + w]
         for k, op in enumerate(ops[split:]):
             m = matrices[split + k]
             if m is None:
+                if images is None:
+                    images = [Image.fromarray(np.ascontiguousarray(f)) for f in clip]
+                    clip = None
                 images = [op.fn(im, *op.args, **op.kwargs) for im in images]
                 continue
             (ix, iy, _, _), (ox, oy, ow, oh) = regions[k], regions[k + 1]
             a, b, c, d, e, f = m  # shift: output pixel (u, v) is frame pixel (u + ox, v + oy)
             shifted = (a, b, a * ox + b * oy + c - ix, d, e, d * ox + e * oy + f - iy)
+            source = clip if clip is not None else np.stack([np.asarray(im) for im in images])
+            warped = warp_clip(source, (ow, oh), shifted, op.kwargs.get("resample", 3),
+                               _rgb(op.kwargs.get("fillcolor")))  # fmt: skip
+            if warped is not None:
+                clip, images = warped, None
+                continue
+            if images is None:
+                images = [Image.fromarray(np.ascontiguousarray(f)) for f in clip]
+                clip = None
             images = [im.transform((ow, oh), Image.Transform.AFFINE, shifted, **op.kwargs)
                       for im in images]  # fmt: skip
-        if flip:
-            return np.stack([np.asarray(im)[:, ::-1] for im in images])
-        return np.stack([np.asarray(im) for im in images])
+        if clip is None:
+            clip = np.stack([np.asarray(im) for im in images])
+        return np.ascontiguousarray(clip[:, :, ::-1] if flip else clip)
+
+
+def _rgb(fill: int | tuple | None) -> tuple[int, int, int]:
+    """PIL's fill colour of an RGB image as an (r, g, b) triple (None: black)."""
+    if fill is None:
+        return (0, 0, 0)
+    if isinstance(fill, int):
+        return (fill, fill, fill)
+    return tuple(int(v) for v in fill[:3])  # type: ignore[return-value]
