@@ -146,33 +146,58 @@ def _interpolate(
     out_h, out_w = offset.shape
     ref = 1  # the tap PIL returns at a zero offset
     weights = _weights(shared)
-    if axis == 1:  # one weight per row: (1, rows, 1) against (T, rows, 4w)
-        weights_t = [torch.from_numpy(w)[None, :, None] for w in weights]
-    else:  # one weight per column, repeated over the 4 byte lanes: (1, 1, 4w)
-        weights_t = [torch.from_numpy(np.repeat(w, 4))[None, None, :] for w in weights]
+    # each tap's weight for every output byte, (h, 4w): the products below then broadcast
+    # over frames only, along contiguous memory (a per-row (rows, 1) weight runs 3x slower)
+    per_byte = (lambda w: w[:, None]) if axis == 1 else (lambda w: np.repeat(w, 4)[None, :])
+    weights_t = [
+        torch.from_numpy(np.ascontiguousarray(np.broadcast_to(per_byte(w), (out_h, 4 * out_w))))
+        for w in weights
+    ]
     exact_offset = offset.ravel()
     zero_offset = exact_offset == 0
     out = np.empty((t, out_h * out_w), np.uint32)
     rows = max(1, _CHUNK_PIXELS // (4 * t * out_w))
+    # buffers for the largest chunk, reused: a fresh array of this size per step would be a
+    # fresh mmap (glibc's threshold is 128 KB) and its page faults, a third of the time
+    size = t * rows * out_w
+    word_buf = [np.empty(size, np.uint32) for _ in index]
+    tap_buf, value_buf, floor_buf = (torch.empty(4 * size) for _ in range(3))
+    doubtful_buf, above_buf = np.empty(4 * size, bool), np.empty(4 * size, bool)
+    exact_buf, same_buf, mask_buf = (
+        np.empty(size, bool),
+        np.empty(size, bool),
+        np.empty(size, np.uint32),
+    )
     for r0 in range(0, out_h, rows):
         r1 = min(r0 + rows, out_h)
-        span = slice(r0 * out_w, r1 * out_w)
-        words = [np.take(packed, i[span], axis=1, mode="wrap") for i in index]  # (T, m)
-        lanes = [torch.from_numpy(w.view(np.uint8)).view(t, r1 - r0, 4 * out_w) for w in words]
-        wts = [w[:, r0:r1] if axis == 1 else w for w in weights_t]
-        value = torch.mul(lanes[0], wts[0])
-        tap = torch.empty_like(value)
+        span, m = slice(r0 * out_w, r1 * out_w), t * (r1 - r0) * out_w
+        words = [buf[:m].reshape(t, -1) for buf in word_buf]  # (T, chunk pixels)
+        for i, w in zip(index, words):
+            np.take(packed, i[span], axis=1, mode="wrap", out=w)
+        shape = (t, r1 - r0, 4 * out_w)
+        tap, value, floor = (buf[: 4 * m].view(shape) for buf in (tap_buf, value_buf, floor_buf))
+        lanes = [torch.from_numpy(w.view(np.uint8)).view(shape) for w in words]
+        wts = [w[r0:r1] for w in weights_t]
+        torch.mul(tap.copy_(lanes[0]), wts[0], out=value)
         for lane, weight in zip(lanes[1:], wts[1:]):
             value.addcmul_(tap.copy_(lane), weight)
-        floor = torch.floor(value)
-        fraction = value.sub_(floor).numpy()
-        doubtful = (fraction < _NEAR_INTEGER) | (fraction > 1 - _NEAR_INTEGER)  # (T, rows, 4w)
-        exact = zero_offset[span] | (words[0] == words[1])  # PIL's value is the reference
-        for w in words[2:]:  # tap exactly: at a zero offset or when all taps are equal
-            exact &= w == words[ref]
+        torch.floor(value, out=floor)
+        fraction = value.sub_(floor).numpy().reshape(t, -1)
+        doubtful, above = doubtful_buf[: 4 * m].reshape(t, -1), above_buf[: 4 * m].reshape(t, -1)
+        np.less(fraction, _NEAR_INTEGER, out=doubtful)
+        np.greater(fraction, 1 - _NEAR_INTEGER, out=above)
+        doubtful |= above  # (T, 4 * chunk pixels)
+        exact, same = exact_buf[:m].reshape(t, -1), same_buf[:m].reshape(t, -1)
+        np.equal(words[0], words[1], out=exact)  # PIL's value is the reference tap exactly
+        for w in words[2:]:  # at a zero offset or when all taps are equal
+            np.equal(w, words[ref], out=same)
+            exact &= same
+        exact |= zero_offset[span]
         # per word: keep the doubtful RGB bytes of inexact samples (bools viewed as words)
-        doubtful.view(np.uint32).reshape(t, -1)[...] &= np.where(exact, 0, _RGB_ONES)
-        res = out[:, span].view(np.uint8).reshape(t, -1)  # (T, 4m) bytes of the words
+        mask = mask_buf[:m].reshape(t, -1)
+        np.multiply(~exact, _RGB_ONES, out=mask)
+        doubtful.view(np.uint32)[...] &= mask
+        res = out[:, span].view(np.uint8).reshape(t, -1)  # (T, 4 * chunk pixels) bytes
         np.copyto(res, floor.clamp_(0, 255).numpy().reshape(t, -1), casting="unsafe")
         if exact.any():
             np.copyto(out[:, span], words[ref], where=exact)
