@@ -178,3 +178,16 @@ def test_train_transform_output_is_unchanged(monkeypatch):
     monkeypatch.setattr("aptune.data.augment_ops.warp_clip", lambda *args, **kwargs: None)
     for s in range(12):
         assert bool((fast[s] == transform(frames, np.random.default_rng(s))).all()), s
+
+
+def test_contiguous_clip_mirrors_like_numpy():
+    from aptune.data.augment_ops import contiguous_clip
+
+    frames = _frames(t=2, h=20, w=30)
+    view = frames[:, 3:17, 5:26]  # a crop: strided, as augment_box passes it
+    assert np.array_equal(contiguous_clip(view, True), view[:, :, ::-1])
+    assert contiguous_clip(view, True).flags.c_contiguous
+    assert np.array_equal(contiguous_clip(view), view) and contiguous_clip(view).flags.c_contiguous
+    frozen = view.copy()
+    frozen.flags.writeable = False  # e.g. a memory-mapped cache entry
+    assert np.array_equal(contiguous_clip(frozen, True), view[:, :, ::-1])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .augment_ops import ClipRandAugment
+from .augment_ops import ClipRandAugment, contiguous_clip
 from .sampling import crop_starts
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -259,7 +259,7 @@ class TrainTransform:
                 )
             else:
                 box = frames[:, top : top + h, left : left + w]
-                box = np.ascontiguousarray(box[:, :, ::-1] if plan.flip else box)
+                box = contiguous_clip(box, plan.flip)
             # flipping before the resize is the same: bilinear resizing is mirror-symmetric
             t = torch.from_numpy(box).permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last
             # uint8 until the last step: bilinear on uint8 (channels-last: the fast kernel),
