@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from timm.data.auto_augment import NAME_TO_OP
 
-from aptune.data.augment_ops import ClipRandAugment, Op, preimage_region
+from aptune.data.augment_ops import ClipRandAugment, Op, _posterize_to_black, preimage_region
 from aptune.data.transforms import TrainTransform, reference_crop_box
 
 BICUBIC = {"fillcolor": (128, 128, 128), "resample": Image.Resampling.BICUBIC}
@@ -101,3 +101,29 @@ def test_train_transform_fast_path_equals_the_literal_reference_order(seed):
         b = literal(frames, np.random.default_rng(100 * seed + k))
         diff = (a - b).abs()  # uint8 resize: one level is at most 1 / 255 / 0.224 = 0.01751
         assert float((diff > 0.0176).float().mean()) <= 0.002 and float(diff.mean()) < 0.006
+
+
+POINT_OPS = [  # every per-pixel op of timm's RandAugment, with drawn-like arguments
+    _op("Invert"), _op("PosterizeIncreasing", 3),
+    Op("PosterizeIncreasing", _posterize_to_black, (0,), {}),  # 0 bits: black (see draw)
+    _op("SolarizeIncreasing", 171), _op("SolarizeAdd", 37), _op("ColorIncreasing", 1.37),
+    _op("ColorIncreasing", 0.61), _op("BrightnessIncreasing", 1.29),
+    _op("BrightnessIncreasing", 0.71),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("op", POINT_OPS, ids=lambda op: f"{op.name}{op.args}")
+@pytest.mark.parametrize("before_whole_frame_op", [False, True])
+def test_point_ops_on_all_frames_at_once_equal_pil_frame_by_frame(op, before_whole_frame_op,
+                                                                  monkeypatch):  # fmt: skip
+    """Point ops run once on the frames stacked into one image: byte for byte PIL's per
+    frame, in the tail (on the box) and before a whole-frame op (on whole frames)."""
+    chain = [op, _op("Equalize")] if before_whole_frame_op else [op]
+    ra = ClipRandAugment("rand-m9-n2-mstd0.5-inc1", 32)
+    monkeypatch.setattr(ra, "draw", lambda seed: chain)
+    frames = _frames(t=3, seed=4)
+    for box in [(0, 0, 96, 72), (7, 5, 40, 30)]:
+        fast = ra.augment_box(frames, 0, box, flip=True)
+        slow = _whole_then_crop(ra, frames, 0, box)[:, :, ::-1]
+        assert np.array_equal(fast, slow), box
+        assert fast.flags.writeable and fast.flags.c_contiguous

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -169,55 +170,78 @@ class ClipRandAugment:
                 0, regions[0] if m is None else preimage_region(m, regions[0], width, height)
             )
         x, y, w, h = regions[0]
-        # the frames between ops: a list of PIL images, or one (T, h, w, 3) array (`clip`)
-        # while the ops are warps that `warp_clip` does for the whole clip at once
-        images: list[Image.Image] | None = None
-        clip: np.ndarray | None = None
-        if split:
-            images = [Image.fromarray(f) for f in frames]
-            for op in ops[:split]:
-                images = [op.fn(im, *op.args, **op.kwargs) for im in images]
-            images = [im.crop((x, y, x + w, y + h)) for im in images]
-        elif not ops:  # nothing fired
-            crop = frames[:, y : y + h, x : x + w]
-            return contiguous_clip(crop, flip)
-        else:
-            clip = frames[:, y : y + h, x : x + w]
+        if not ops:  # nothing fired
+            return contiguous_clip(frames[:, y : y + h, x : x + w], flip)
+        current = _Frames(frames)
+        for op in ops[:split]:
+            current.apply(op)
+        current.crop((x, y, w, h))
         for k, op in enumerate(ops[split:]):
             m = matrices[split + k]
             if m is None:
-                if images is None:
-                    images = [Image.fromarray(np.ascontiguousarray(f)) for f in clip]
-                    clip = None
-                images = [op.fn(im, *op.args, **op.kwargs) for im in images]
+                current.apply(op)
                 continue
             (ix, iy, _, _), (ox, oy, ow, oh) = regions[k], regions[k + 1]
             a, b, c, d, e, f = m  # shift: output pixel (u, v) is frame pixel (u + ox, v + oy)
             shifted = (a, b, a * ox + b * oy + c - ix, d, e, d * ox + e * oy + f - iy)
-            source = clip if clip is not None else np.stack([np.asarray(im) for im in images])
-            warped = warp_clip(source, (ow, oh), shifted, op.kwargs.get("resample", 3),
-                               _rgb(op.kwargs.get("fillcolor")))  # fmt: skip
+            fill = _rgb(op.kwargs.get("fillcolor"))
+            warped = warp_clip(
+                current.array(), (ow, oh), shifted, op.kwargs.get("resample", 3), fill
+            )
             if warped is not None:
-                clip, images = warped, None
+                current.clip = warped
                 continue
-            if images is None:
-                images = [Image.fromarray(np.ascontiguousarray(f)) for f in clip]
-                clip = None
-            images = [im.transform((ow, oh), Image.Transform.AFFINE, shifted, **op.kwargs)
-                      for im in images]  # fmt: skip
-        if clip is None:
-            clip = np.stack([np.asarray(im) for im in images])
-        return contiguous_clip(clip, flip)
+            current.images = [im.transform((ow, oh), Image.Transform.AFFINE, shifted, **op.kwargs)
+                              for im in current.pil()]  # fmt: skip
+        return contiguous_clip(current.array(), flip)
+
+
+class _Frames:
+    """A clip between RandAugment ops: one (T, h, w, 3) array or one PIL image per frame,
+    converted only when an op needs the other form."""
+
+    def __init__(self, clip: np.ndarray) -> None:
+        self.clip: np.ndarray | None = clip
+        self.images: list[Image.Image] | None = None
+
+    def array(self) -> np.ndarray:
+        if self.clip is None:
+            self.clip = np.stack([np.asarray(im) for im in self.images])
+        self.images = None
+        return self.clip
+
+    def pil(self) -> list[Image.Image]:
+        if self.images is None:
+            self.images = [Image.fromarray(np.ascontiguousarray(f)) for f in self.clip]
+        self.clip = None
+        return self.images
+
+    def apply(self, op: Op) -> None:
+        if op.name in POINTWISE:  # per pixel with fixed parameters: one image of all frames
+            # stacked vertically gives every frame's pixels, in one call instead of T
+            clip = self.array()
+            t, h, w, _ = clip.shape
+            tall = Image.fromarray(np.ascontiguousarray(clip).reshape(t * h, w, 3))
+            self.clip = np.asarray(op.fn(tall, *op.args, **op.kwargs)).reshape(t, h, w, 3)
+        else:
+            self.images = [op.fn(im, *op.args, **op.kwargs) for im in self.pil()]
+
+    def crop(self, region: Region) -> None:
+        x, y, w, h = region
+        if self.clip is not None:
+            self.clip = self.clip[:, y : y + h, x : x + w]
+        else:
+            self.images = [im.crop((x, y, x + w, y + h)) for im in self.images]
 
 
 def contiguous_clip(clip: np.ndarray, flip: bool = False) -> np.ndarray:
-    """A contiguous copy of a (T, h, w, 3) uint8 clip, mirrored left-right if `flip` (torch's
+    """The (T, h, w, 3) uint8 clip contiguous and writable, mirrored left-right if `flip` (torch's
     flip kernel: numpy copies a reversed axis of 3-byte pixels about 8x slower)."""
-    if not flip:
-        return np.ascontiguousarray(clip)
-    if not clip.flags.writeable:  # torch wraps only writable memory
-        return np.ascontiguousarray(clip[:, :, ::-1])
-    return torch.from_numpy(clip).flip(2).numpy()
+    if not flip:  # a fresh, writable array (PIL's output and cache entries are read-only)
+        return np.ascontiguousarray(clip) if clip.flags.writeable else np.array(clip)
+    with warnings.catch_warnings():  # a read-only array (PIL's output, a cache entry) is
+        warnings.simplefilter("ignore", UserWarning)  # only read here
+        return torch.from_numpy(clip).flip(2).numpy()
 
 
 def _rgb(fill: int | tuple | None) -> tuple[int, int, int]:
