@@ -14,7 +14,8 @@ RandAugment rand-m4-n2-mstd0.2-inc1, random resized crop, flip, reprob 0.25), me
            today's frame-exact reader;
 - literal: the reference's order as it runs it (RandAugment on whole frames, normalise,
            crop, float bilinear) = `TrainTransform(whole_frames=True)`;
-- new:     aptune's path: the same pixels, RandAugment only on the crop box, uint8 resize.
+- new:     aptune's path: the same pixels, RandAugment only on the crop box (its shear and
+           translation warps for the whole clip at once, `clip_warp`), uint8 resize.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_data.py [--videos 3] [--items 40] [--repeats 5]
 
