@@ -191,3 +191,14 @@ def test_contiguous_clip_mirrors_like_numpy():
     frozen = view.copy()
     frozen.flags.writeable = False  # e.g. a memory-mapped cache entry
     assert np.array_equal(contiguous_clip(frozen, True), view[:, :, ::-1])
+
+
+@pytest.mark.parametrize(
+    "t, hw, size", [(1, (5, 7), (1, 1)), (2, (1, 9), (6, 3)), (1, (9, 1), (2, 8))]
+)
+def test_tiny_clips_and_boxes_match_pil(t, hw, size):
+    """One frame, one-pixel-wide sources and one-pixel outputs: clamped taps, no empty arrays."""
+    frames = np.random.default_rng(3).integers(0, 256, (t, *hw, 3)).astype(np.uint8)
+    for matrix in [(1, 0.17, 0.3, 0, 1, 0), (1, 0, 1.0, -0.2, 1, 0.4), (1, 0, -0.25, 0, 1, 0)]:
+        fast = warp_clip(frames, size, matrix, BICUBIC, GREY)
+        assert fast is not None and np.array_equal(fast, _pil(frames, size, matrix)), matrix
