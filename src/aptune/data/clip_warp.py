@@ -27,7 +27,7 @@ from PIL import Image
 
 _NEAR_INTEGER = 1e-3  # recompute exactly when the float32 value is this close to an integer
 _RGB_ONES = np.uint32(0x00010101)  # True in the three colour bytes of a word of bools
-_CHUNK_PIXELS = 1 << 17  # frames per pass: about this many output pixels (L2-sized buffers)
+_CHUNK_PIXELS = 1 << 17  # float values per pass (frames x rows x 4 bytes): L2-sized buffers
 
 Matrix = tuple[float, float, float, float, float, float]
 
@@ -122,7 +122,9 @@ def _weights(offset: np.ndarray) -> list[np.ndarray]:
     return [w.astype(np.float32) for w in (-d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, d3 - d2)]
 
 
-def _exact(v1: np.ndarray, v2: np.ndarray, v3: np.ndarray, v4: np.ndarray, d: np.ndarray):
+def _exact(
+    v1: np.ndarray, v2: np.ndarray, v3: np.ndarray, v4: np.ndarray, d: np.ndarray
+) -> np.ndarray:
     """PIL's double-precision cubic (its ``BICUBIC`` macro, in its order of operations) of
     float64 tap values at offsets ``d``, then its clamp and truncation to uint8."""
     p2 = -v1 + v3
