@@ -185,9 +185,8 @@ class ClipRandAugment:
             a, b, c, d, e, f = m  # shift: output pixel (u, v) is frame pixel (u + ox, v + oy)
             shifted = (a, b, a * ox + b * oy + c - ix, d, e, d * ox + e * oy + f - iy)
             fill = _rgb(op.kwargs.get("fillcolor"))
-            warped = warp_clip(
-                current.array(), (ow, oh), shifted, op.kwargs.get("resample", 3), fill
-            )
+            resample = op.kwargs.get("resample", Image.Resampling.BICUBIC)
+            warped = warp_clip(current.array(), (ow, oh), shifted, resample, fill)
             if warped is not None:
                 current.clip = warped
                 continue

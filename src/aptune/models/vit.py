@@ -131,10 +131,12 @@ class Attention(nn.Module):
             scale = 1.0
         if self.attn_impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, N, d)
-        elif self.attn_impl == "recompute":  # SDPA's saved set, GEMM-speed backward (layers.py)
-            out = recompute_attention(q, k, v, 1.0 if self.cos_attn else self.scale)
-        else:  # scores (B, h, N, N+M) kept for backward; row-major matmuls (layers.py)
-            out = plain_attention(q, k, v, 1.0 if self.cos_attn else self.scale)  # (B, h, N, d)
+        else:  # aptune's kernels (layers.py) take the scale explicitly
+            explicit = 1.0 if self.cos_attn else self.scale
+            if self.attn_impl == "recompute":  # SDPA's saved set, GEMM-speed backward
+                out = recompute_attention(q, k, v, explicit)
+            else:  # scores (B, h, N, N+M) kept for backward; row-major matmuls
+                out = plain_attention(q, k, v, explicit)  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(B, N, D)
         return self.proj(out)
 
