@@ -15,7 +15,7 @@ the reference's plain expression (autograd through transposed views), SDPA, and 
 plain path (``models.layers.plain_attention``: every batched matmul reads row-major
 operands, transposes made contiguous first, backward written out) and its recomputing
 kernel (``models.layers.recompute_attention``: SDPA's fused forward, a backward that
-recomputes the probabilities per head with row-major GEMMs). On
+recomputes the probabilities per head, keys x queries, with row-major GEMMs). On
 the AMX Xeon here a bf16 ``bmm`` whose second operand is a transposed view runs at about
 a quarter of the row-major rate, which is what makes the plain backward slow.
 """

@@ -25,11 +25,11 @@ def formula(q, k, v, scale):
     return ((q * scale) @ k.transpose(-2, -1)).softmax(-1) @ v
 
 
-@pytest.mark.parametrize("rows_per_chunk", [None, 2, 5])
-def test_gradients_equal_autograd_of_the_formula(monkeypatch, rows_per_chunk):
-    """Whole heads at once and in row chunks (the long-clip path, chunk sums in fp64 here)."""
-    if rows_per_chunk is not None:  # 9 keys: 18 elements -> chunks of 2 rows, 45 -> 5 rows
-        monkeypatch.setattr(layers, "_RECOMPUTE_ELEMENTS", 9 * rows_per_chunk)
+@pytest.mark.parametrize("keys_per_chunk", [None, 2, 5])
+def test_gradients_equal_autograd_of_the_formula(monkeypatch, keys_per_chunk):
+    """Whole heads at once and in key chunks (dQ summed over chunks, in fp64 here)."""
+    if keys_per_chunk is not None:  # 6 queries: chunks of 2 keys (2,2,2,2,1), or 5 (5, 4)
+        monkeypatch.setattr(layers, "_CHUNK_ELEMENTS", 6 * keys_per_chunk)
     q, k, v = (t.requires_grad_() for t in qkv())
     assert torch.autograd.gradcheck(lambda a, b, c: recompute_attention(a, b, c, 0.35), (q, k, v))
     out = recompute_attention(q, k, v, 0.35)
