@@ -197,3 +197,52 @@ def test_full_fine_tuning_without_prompts_matches_sdpa():
     assert "blocks.0.attn.qkv.weight" in grads_r
     for name, g in grads_s.items():
         torch.testing.assert_close(grads_r[name], g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("keys_per_chunk", [None, 2])
+@pytest.mark.parametrize("needs", ["extra", "all", "k", "v_and_extra_v"])
+def test_prompt_keys_passed_apart_get_exact_gradients(monkeypatch, keys_per_chunk, needs):
+    """``extra_kv`` (APT's prompts) equals concatenating them; where only the prompts need a
+    gradient (the first APT block) the backward works on their rows alone."""
+    if keys_per_chunk is not None:
+        monkeypatch.setattr(layers, "_CHUNK_ELEMENTS", 6 * keys_per_chunk)
+    q, k, v = qkv()
+    pk, pv = qkv(n=1, m=3, seed=7)[1:]  # 3 prompt keys and values
+    wanted = {"extra": "de", "all": "qkvde", "k": "k", "v_and_extra_v": "ve"}[needs]
+    named = dict(zip("qkvde", (q, k, v, pk, pv)))
+    for name in wanted:
+        named[name].requires_grad_()
+    q, k, v, pk, pv = named.values()
+    inputs = tuple(named[name] for name in wanted)
+
+    def run(*args):
+        values = dict(named, **dict(zip(wanted, args)))
+        return recompute_attention(*(values[c] for c in "qkv"), 0.35, (values["d"], values["e"]))
+
+    assert torch.autograd.gradcheck(run, inputs)
+    out = run(*inputs)
+    ref = formula(q, torch.cat((k, pk), -2), torch.cat((v, pv), -2), 0.35)
+    torch.testing.assert_close(out, ref)
+    w = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad((out * w).sum(), inputs),
+                    torch.autograd.grad((ref * w).sum(), inputs)):  # fmt: skip
+        torch.testing.assert_close(a, b)
+
+
+def test_first_apt_block_backward_works_on_the_prompt_rows_alone(monkeypatch):
+    """The first block's q, k, v come from the frozen patch embedding: its backward must not
+    recompute the N x N probabilities (the cost of a whole block) for M prompt rows."""
+    shapes = []
+    real_mm = torch.mm
+
+    def spy(a, b, **kw):
+        shapes.append((tuple(a.shape), tuple(b.shape)))
+        return real_mm(a, b, **kw)
+
+    q, k, v = qkv(n=6, m=6)
+    pk, pv = (t.requires_grad_() for t in qkv(n=1, m=2, seed=7)[1:])
+    out = recompute_attention(q, k, v, 0.35, (pk, pv))
+    monkeypatch.setattr(torch, "mm", spy)
+    out.sum().backward()
+    assert shapes and all(a[0] == 2 for a, _ in shapes), shapes  # every GEMM: 2 prompt rows
+    assert pk.grad is not None and pv.grad is not None and q.grad is None

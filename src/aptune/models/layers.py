@@ -174,46 +174,56 @@ class RecomputeAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, scale: float):  # type: ignore[override]
+    def forward(ctx, q, k, v, k_extra, v_extra, scale: float):  # type: ignore[override]
+        extra = k_extra is not None
+        keys = torch.cat((k, k_extra), dim=-2) if extra else k  # (B, h, N+M, d)
+        values = torch.cat((v, v_extra), dim=-2) if extra else v
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, False, scale=scale
+            q, keys, values, 0.0, False, scale=scale
         )  # (B, h, N, d), (B, h, N) in fp32 (fp64 for fp64 inputs)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale = scale
+        ctx.save_for_backward(q, keys, values, out, lse)
+        ctx.scale, ctx.extra, ctx.tokens = scale, extra, k.shape[-2]
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
-        need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        scale = ctx.scale
+        need_q, need_k, need_v, need_k_extra, need_v_extra = ctx.needs_input_grad[:5]
+        scale, tokens = ctx.scale, ctx.tokens
         B, H, n, d = q.shape
         m = k.shape[-2]
+        # keys whose probabilities are needed: all of them for dQ or a token key's or value's
+        # gradient; only the extra (prompt) keys where nothing else needs one (the first
+        # APT block, whose q, k, v come from the frozen patch embedding)
+        first = 0 if need_q or need_k or need_v else tokens
+        wants = (need_k, need_v, need_k_extra, need_v_extra)
+        need_k, need_v = need_k or need_k_extra, need_v or need_v_extra  # (m, d) buffers
         acc = lse.dtype  # fp32 (fp64 for fp64 inputs): where row sums and chunk sums live
         grad = grad.to(q.dtype)
         delta = (grad.to(acc) * out.to(acc)).sum(-1)  # (B, h, N): rowsum(dO * O) = rowsum(dP * P)
         qa = _augmented(q, -lse, scale)  # rows of [q * scale, -lse]: (B, h, N, d + 2)
         q_cols = qa.transpose(-2, -1).contiguous()  # (B, h, d + 2, N)
         g_cols = _augmented(grad, -delta).transpose(-2, -1).contiguous()  # [dO, -delta]^T
-        k_rows, v_rows = _with_ones(k), _with_ones(v)  # (B, h, m, d + 2)
-        dk = k.new_empty(B, H, m, d) if need_k else None
+        k_rows, v_rows = _with_ones(k[..., first:, :]), _with_ones(v[..., first:, :])
+        dk = k.new_empty(B, H, m, d) if need_k else None  # rows from `first` on are set
         dv = v.new_empty(B, H, m, d) if need_v else None
         dq_t = q.new_empty(B, H, d, n) if need_q else None  # dQ^T, row-major per head
-        rows = _chunk_rows(m, n)
+        rows = _chunk_rows(m - first, n)
         p_buf, ds_buf = q.new_empty(rows, n), q.new_empty(rows, n)
         for b in range(B):
             for h in range(H):
                 q_h = qa[b, h, :, :d].contiguous() if need_k else None  # (N, d), scaled
                 g_h = grad[b, h] if need_v else None  # (N, d)
                 k_t = k[b, h].t().contiguous() if need_q else None  # (d, m)
-                total = torch.zeros(d, n, dtype=acc) if need_q and rows < m else None
-                for i in range(0, m, rows):
+                total = torch.zeros(d, n, dtype=acc) if need_q and rows < m - first else None
+                for i in range(first, m, rows):
                     j = min(i + rows, m)
                     p, ds = p_buf[: j - i], ds_buf[: j - i]
-                    torch.mm(k_rows[b, h, i:j], q_cols[b, h], out=p).exp_()  # P^T rows
-                    if need_v:
+                    torch.mm(k_rows[b, h, i - first : j - first], q_cols[b, h], out=p).exp_()
+                    if need_v:  # p: P^T rows of these keys
                         torch.mm(p, g_h, out=dv[b, h, i:j])
-                    torch.mm(v_rows[b, h, i:j], g_cols[b, h], out=ds).mul_(p)  # dS^T rows
+                    ds_rows = v_rows[b, h, i - first : j - first]
+                    torch.mm(ds_rows, g_cols[b, h], out=ds).mul_(p)  # dS^T rows
                     if need_k:
                         torch.mm(ds, q_h, out=dk[b, h, i:j])
                     if need_q:
@@ -221,14 +231,27 @@ class RecomputeAttention(torch.autograd.Function):
                 if total is not None:
                     dq_t[b, h] = total
         dq = dq_t.mul_(scale).transpose(-2, -1) if need_q else None
-        return dq, dk, dv, None
+        if not ctx.extra:
+            return dq, dk, dv, None, None, None
+        dk, dk_extra = dk.split((tokens, m - tokens), -2) if need_k else (None, None)
+        dv, dv_extra = dv.split((tokens, m - tokens), -2) if need_v else (None, None)
+        parts = (dk, dv, dk_extra, dv_extra)
+        return (dq,) + tuple(t if w else None for t, w in zip(parts, wants)) + (None,)
 
 
-def recompute_attention(q, k, v, scale: float):
-    """Attention that keeps what SDPA keeps and trains at GEMM speed on CPUs. Without a
-    backward to run (inference, export tracing) and off the CPU (CUDA's fused kernels
-    already have a fast backward) it is SDPA itself: on the CPU the same fused forward."""
-    grads = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+def recompute_attention(q, k, v, scale: float, extra_kv=None):
+    """Attention that keeps what SDPA keeps and trains at GEMM speed on CPUs.
+
+    ``extra_kv``: APT's prompt keys and values, (B, h, M, d) each, appended to ``k`` and
+    ``v``; passed apart so that where only they need a gradient (the first APT block) the
+    backward works on their M rows alone. Without a backward to run (inference, export
+    tracing) and off the CPU (CUDA's fused kernels already have a fast backward) this is
+    SDPA itself: on the CPU the same fused forward."""
+    tensors = (q, k, v) + (tuple(extra_kv) if extra_kv is not None else ())
+    grads = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if q.device.type != "cpu" or not grads:
+        if extra_kv is not None:
+            k, v = torch.cat((k, extra_kv[0]), dim=-2), torch.cat((v, extra_kv[1]), dim=-2)
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
-    return RecomputeAttention.apply(q, k, v, scale)
+    k_extra, v_extra = extra_kv if extra_kv is not None else (None, None)
+    return RecomputeAttention.apply(q, k, v, k_extra, v_extra, scale)

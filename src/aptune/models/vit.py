@@ -118,23 +118,28 @@ class Attention(nn.Module):
             qkv = qkv + self.qkv_delta(x)
         qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, h, N, d)
+        extra = None  # APT's prompt keys and values, (B, h, M, d) each
         if extra_kv is not None:
             k_extra, v_extra = extra_kv
             shape = (B, self.num_heads, k_extra.shape[-2], self.head_dim)
-            k = torch.cat((k, k_extra.to(k.dtype).expand(shape)), dim=2)  # (B, h, N+M, d)
-            v = torch.cat((v, v_extra.to(v.dtype).expand(shape)), dim=2)
+            extra = (k_extra.to(k.dtype).expand(shape), v_extra.to(v.dtype).expand(shape))
         scale = None  # SDPA's default: d ** -0.5
         if self.cos_attn:  # the logit scale goes into q, so both paths stay one matmul
             logit_scale = self.scale.clamp(max=LOGIT_SCALE_MAX).exp().to(q.dtype)  # (h, 1, 1)
             q = F.normalize(q, dim=-1) * logit_scale  # (B, h, N, d)
-            k = F.normalize(k, dim=-1)  # (B, h, N+M, d): prompt keys normalised too
+            k = F.normalize(k, dim=-1)  # (B, h, N, d); the prompt keys normalised too
+            if extra is not None:
+                extra = (F.normalize(extra[0], dim=-1), extra[1])
             scale = 1.0
-        if self.attn_impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, N, d)
-        else:  # aptune's kernels (layers.py) take the scale explicitly
-            explicit = 1.0 if self.cos_attn else self.scale
-            if self.attn_impl == "recompute":  # SDPA's saved set, GEMM-speed backward
-                out = recompute_attention(q, k, v, explicit)
+        explicit = 1.0 if self.cos_attn else self.scale  # aptune's kernels take it explicitly
+        if self.attn_impl == "recompute":  # SDPA's saved set, GEMM-speed backward
+            out = recompute_attention(q, k, v, explicit, extra)  # prompts kept apart
+        else:
+            if extra is not None:
+                k = torch.cat((k, extra[0]), dim=2)  # (B, h, N+M, d)
+                v = torch.cat((v, extra[1]), dim=2)
+            if self.attn_impl == "sdpa":
+                out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, N, d)
             else:  # scores (B, h, N, N+M) kept for backward; row-major matmuls
                 out = plain_attention(q, k, v, explicit)  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(B, N, D)
