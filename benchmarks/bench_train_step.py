@@ -14,6 +14,7 @@ tensors that are not parameters), and the bf16 GEMM floor: the step's counted FL
 this machine's measured bf16 GEMM rate on the model's own GEMM shape.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train_step.py              # ViT-S 16x224, batch 1
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --allocator keep   # both models
     python benchmarks/bench_train_step.py --model vit_nano --frames 4 --size 32 --no-compile
 """
 
@@ -23,6 +24,7 @@ import argparse
 import copy
 import logging
 import random
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import aptune
+from aptune.engine.allocator import tune_allocator
 from aptune.engine.distributed import DistInfo
 from aptune.engine.loop import Precision
 from aptune.engine.speed import cast_frozen_weights, prepare_model_for_speed
@@ -166,23 +169,30 @@ def step_flops(step: Callable) -> int:
     return counter.get_total_flops()
 
 
-def median_times(steps: dict[str, Callable], rounds: int) -> dict[str, float]:
+def median_times(steps: dict[str, Callable], rounds: int) -> tuple[dict, dict]:
     """One warm-up each, then ``rounds`` rounds, each in its own shuffled order (a fixed
     rotation would give every configuration the same predecessor, and with it the same
-    allocator and cache state); medians."""
+    allocator and cache state); medians of the step time and of its minor page faults
+    (memory handed back to the OS and touched again: system time inside the step)."""
     names = list(steps)
     for name in names:
         steps[name]()
     times: dict[str, list[float]] = {n: [] for n in names}
+    faults: dict[str, list[int]] = {n: [] for n in names}
     for r in range(rounds):
         order = names[:]
         random.Random(r).shuffle(order)
         for name in order:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = CLOCK()
             steps[name]()
             times[name].append(CLOCK() - start)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         print(f"  round {r + 1}/{rounds} done", flush=True)
-    return {n: statistics.median(v) for n, v in times.items()}
+    return (
+        {n: statistics.median(v) for n, v in times.items()},
+        {n: statistics.median(v) for n, v in faults.items()},
+    )
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -202,7 +212,15 @@ def main() -> None:
     )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--no-fp32", action="store_true", help="skip the fp32 rows")
+    p.add_argument(
+        "--allocator",
+        choices=["system", "keep"],
+        default="system",
+        help="glibc malloc for the whole process, both models alike: system (as a script "
+        "running both would have it) or keep (what `aptune train` sets; engine/allocator.py)",
+    )
     a = p.parse_args()
+    print(tune_allocator(a.allocator))
     global CLOCK
     cpu = a.clock == "cpu" or (a.clock == "auto" and torch.get_num_threads() == 1)
     CLOCK = time.process_time if cpu else time.perf_counter
@@ -260,8 +278,8 @@ def main() -> None:
             model.set_attn_impl(impl)
         memory[name] = saved_bytes(model, x, bf16)
     print(f"timing bf16 ({a.rounds} rounds)...")
-    times = median_times(steps, a.rounds)
-    report("bf16 autocast", times, memory, "reference-style", flops / gemm / 1e9)
+    times, faults = median_times(steps, a.rounds)
+    report("bf16 autocast", times, memory, faults, "reference-style", flops / gemm / 1e9)
     if a.no_fp32:
         return
     fp32_models = {"reference-style": (ref, None), "sdpa": (ours, "sdpa"), "plain": (ours, "plain"),
@@ -277,24 +295,26 @@ def main() -> None:
     auto32 = copy.deepcopy(ours)
     prepare_model_for_speed(auto32, flags, DistInfo(), fp32)
     print(f"timing fp32 ({a.rounds} rounds)...")
-    times = median_times(steps, a.rounds)
+    times, faults = median_times(steps, a.rounds)
     report(
         f"fp32 (auto picks {auto32.blocks[0].attn.attn_impl})",
         times,
         memory,
+        faults,
         "reference-style",
         None,
     )
 
 
-def report(title: str, times: dict, memory: dict, base: str, floor: float | None) -> None:
-    print(f"\n{title}: median s/step, speed-up over {base}, activation memory")
+def report(title: str, times: dict, memory: dict, faults: dict, base: str,
+           floor: float | None) -> None:  # fmt: skip
+    print(f"\n{title}: median s/step, speed-up over {base}, activation memory, page faults")
     head = f"{'configuration':<40}{'s/step':>8}{'speed-up':>10}{'act. MB':>9}{'mem ratio':>11}"
-    print(head + (f"{'x floor':>9}" if floor else ""))
+    print(head + f"{'faults':>9}" + (f"{'x floor':>9}" if floor else ""))
     for name, t in times.items():
         mem = memory.get(name)
         mem_txt = f"{mem / 2**20:>9.0f}{mem / memory[base]:>10.2f}x" if mem else f"{'':>20}"
-        line = f"{name:<40}{t:>8.3f}{times[base] / t:>9.2f}x" + mem_txt
+        line = f"{name:<40}{t:>8.3f}{times[base] / t:>9.2f}x" + mem_txt + f"{faults[name]:>9.0f}"
         print(line + (f"{t / floor:>8.1f}x" if floor else ""), flush=True)
 
 
