@@ -14,7 +14,7 @@ tensors that are not parameters), and the bf16 GEMM floor: the step's counted FL
 this machine's measured bf16 GEMM rate on the model's own GEMM shape.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train_step.py              # ViT-S 16x224, batch 1
-    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --allocator keep   # both models
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --allocator system
     python benchmarks/bench_train_step.py --model vit_nano --frames 4 --size 32 --no-compile
 """
 
@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import logging
+import platform
 import random
 import resource
 import statistics
@@ -35,7 +37,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import aptune
-from aptune.engine.allocator import tune_allocator
 from aptune.engine.distributed import DistInfo
 from aptune.engine.loop import Precision
 from aptune.engine.speed import cast_frozen_weights, prepare_model_for_speed
@@ -117,6 +118,24 @@ CLOCK: Callable[[], float] = time.perf_counter
 
 
 # -- measuring ---------------------------------------------------------------------------------
+def keep_freed_memory() -> str:
+    """glibc: keep freed blocks for reuse (mmap threshold 32 MiB, trim threshold 1 GiB).
+
+    Why: in its own process each model's step settles into glibc's adaptive thresholds
+    and faults no pages after a few steps (measured for aptune's kernels and for the
+    reference-style model alike). Interleaving eight configurations in one process keeps
+    resetting that, and the configuration with the largest temporaries (the
+    reference-style step) then paid 65-165K page faults (0.2-0.7 s) per step. Fixed
+    thresholds give every configuration its own-process steady state.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return "allocator: not glibc, left alone"
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (glibc's largest)
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    return "allocator: glibc keeps freed blocks (mmap threshold 32 MiB, trim 1 GiB)"
+
+
 def train_step(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision
 ) -> Callable:
@@ -214,13 +233,14 @@ def main() -> None:
     p.add_argument("--no-fp32", action="store_true", help="skip the fp32 rows")
     p.add_argument(
         "--allocator",
-        choices=["system", "keep"],
-        default="system",
-        help="glibc malloc for the whole process, both models alike: system (as a script "
-        "running both would have it) or keep (what `aptune train` sets; engine/allocator.py)",
+        choices=["keep", "system"],
+        default="keep",
+        help="keep: glibc keeps freed blocks (each configuration then runs as in its own "
+        "process); system: glibc's adaptive defaults, which interleaved configurations keep "
+        "resetting (the reference-style step then faults ~65-165K pages per step)",
     )
     a = p.parse_args()
-    print(tune_allocator(a.allocator))
+    print(keep_freed_memory() if a.allocator == "keep" else "allocator: glibc's defaults")
     global CLOCK
     cpu = a.clock == "cpu" or (a.clock == "auto" and torch.get_num_threads() == 1)
     CLOCK = time.process_time if cpu else time.perf_counter

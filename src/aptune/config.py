@@ -244,25 +244,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     _bool_pair(g, "pin_mem", True, "pin host memory for faster GPU transfer")
 
 
-def add_allocator_arg(g: argparse._ActionsContainer) -> None:
-    """``--allocator`` (engine/allocator.py), shared by ``train`` and ``pretrain``."""
-    g.add_argument(
-        "--allocator",
-        default="keep",
-        choices=["keep", "system"],
-        help="keep = glibc keeps freed blocks for reuse (no page faults on every step's "
-        "large tensors; an LD_PRELOAD-ed jemalloc/tcmalloc or MALLOC_* variables are left "
-        "alone); system = malloc as the system set it",
-    )
-
-
 def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run, checkpoints, distributed")
     g.add_argument("--config", default=None, help="YAML file of flag values; flags override it")
     g.add_argument("--output_dir", default="", help="run folder: checkpoints, logs, reports")
     g.add_argument("--log_dir", default=None, help="TensorBoard folder (default: output_dir/tb)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_allocator_arg(g)
     g.add_argument("--seed", type=int, default=0, help="seed: same seed, same run on CPU")
     g.add_argument("--resume", default="", help="checkpoint folder to resume from")
     _bool_pair(g, "auto_resume", True, "resume from the newest complete checkpoint in output_dir")

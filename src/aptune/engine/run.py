@@ -23,7 +23,6 @@ import numpy as np
 
 from aptune.config import save_config, to_dict
 from aptune.engine import builders as T
-from aptune.engine.allocator import tune_allocator
 from aptune.engine.checkpoint import (
     BEST_NAME,
     ResumeError,
@@ -176,11 +175,9 @@ def _stop(signum: int, folder: Path | None, info: DistInfo) -> SystemExit:
 
 
 def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
-    allocator = tune_allocator(getattr(args, "allocator", "keep"))  # before workers fork
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(args, out)
-        log.info(allocator)
     if args.enable_deepspeed:
         log.info("--enable_deepspeed: DeepSpeed is not used; aptune's built-in engine runs "
                  "the same recipe (DDP + autocast)")  # fmt: skip
@@ -364,7 +361,6 @@ def evaluate_run(run: Path, which: str = "last", overrides: dict | None = None) 
     info = init_distributed("auto")
     try:
         args, model = load_trained_model(run, which, info, overrides)
-        log.info(tune_allocator(getattr(args, "allocator", "keep")))  # before workers fork
         res, ds = _test_all_views(args, model, info)
         if res is None:
             return {}
@@ -387,7 +383,6 @@ def evaluate_args(args: argparse.Namespace) -> dict:
     --output_dir, on all test views; writes predictions.jsonl into --output_dir."""
     info = init_distributed(args.device, args.local_rank, args.dist_timeout)
     try:
-        log.info(tune_allocator(getattr(args, "allocator", "keep")))  # before workers fork
         model = T.build_run_model(args, info)
         ckpt = Path(args.resume) if args.resume else None
         if ckpt is not None and not ckpt.exists():

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-from aptune.config import add_allocator_arg
-
 
 def _positive(name: str):
     def check(text: str) -> int:
@@ -97,7 +95,6 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--log_dir", default=None, help="TensorBoard folder")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto")
-    add_allocator_arg(r)
     r.add_argument("--local_rank", "--local-rank", type=int, default=-1)
     _switch(r, "auto_resume", True, "continue from the newest complete checkpoint in --output_dir")
     r.add_argument("--save_ckpt_freq", type=_positive("save_ckpt_freq"), default=20)

@@ -25,7 +25,6 @@ from torch import nn
 
 from aptune.config import save_config, to_dict
 from aptune.engine import builders as T
-from aptune.engine.allocator import tune_allocator
 from aptune.engine.checkpoint import (
     find_latest_checkpoint,
     load_training_state,
@@ -136,11 +135,9 @@ def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
     """Run (or resume) a pre-training job; returns a summary of the run."""
     info = info or DistInfo()
     out = T.run_dir(args)
-    allocator = tune_allocator(getattr(args, "allocator", "keep"))  # before workers fork
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(args, out)
-        log.info(allocator)
     T.seed_everything(args.seed + info.rank)
     videos, source = find_videos(args.data_path, args.data_root)
     dataset = UnlabelledClips(
