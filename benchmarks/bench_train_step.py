@@ -239,6 +239,14 @@ def main() -> None:
         "process); system: glibc's adaptive defaults, which interleaved configurations keep "
         "resetting (the reference-style step then faults ~65-165K pages per step)",
     )
+    p.add_argument(
+        "--alone",
+        metavar="CONFIG",
+        default=None,
+        help="build and run only this bf16 configuration (e.g. reference-style, "
+        "'recompute + bf16 frozen') for 6 steps and print each step's page faults and CPU "
+        "seconds: what it pays in its own process under --allocator",
+    )
     a = p.parse_args()
     print(keep_freed_memory() if a.allocator == "keep" else "allocator: glibc's defaults")
     global CLOCK
@@ -255,6 +263,9 @@ def main() -> None:
     print(f"{a.model} {a.frames}x{a.size}, batch {a.batch}, APT {a.tokens} tokens, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{'CPU' if cpu else 'wall'} seconds")  # fmt: skip
+
+    if a.alone is not None:  # before anything else touches the heap
+        return alone(ours, a.alone, x, y, bf16)
 
     def with_impl(model: nn.Module, impl: str, step: Callable) -> Callable:
         def run() -> None:
@@ -324,6 +335,40 @@ def main() -> None:
         "reference-style",
         None,
     )
+
+
+ALONE = (
+    "reference-style",
+    "sdpa",
+    "plain",
+    "recompute",
+    "sdpa + bf16 frozen",
+    "plain + bf16 frozen",
+    "recompute + bf16 frozen",
+)
+
+
+def alone(ours: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, precision) -> None:
+    """One configuration by itself, nothing else built or run in the process: its page
+    faults and CPU seconds, step by step (what it pays in its own process)."""
+    if name not in ALONE:
+        raise SystemExit(f"--alone: one of {', '.join(map(repr, ALONE))}; got {name!r}")
+    if name == "reference-style":
+        model: nn.Module = RefViT(ours)
+    else:
+        model = ours
+        model.set_attn_impl(name.split(" + ")[0])
+        if name.endswith("bf16 frozen"):
+            cast_frozen_weights(model, torch.bfloat16)
+    step = train_step(model, x, y, precision)
+    for i in range(6):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.process_time()
+        step()
+        seconds = time.process_time() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        print(f"  {name}, step {i + 1}: {seconds:.3f} s, {after.ru_minflt - before.ru_minflt} "
+              f"page faults, {after.ru_stime - before.ru_stime:.3f} s system time")  # fmt: skip
 
 
 def report(title: str, times: dict, memory: dict, faults: dict, base: str,
