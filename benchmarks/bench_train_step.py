@@ -14,7 +14,8 @@ tensors that are not parameters), and the bf16 GEMM floor: the step's counted FL
 this machine's measured bf16 GEMM rate on the model's own GEMM shape.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train_step.py              # ViT-S 16x224, batch 1
-    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --allocator system
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --allocator system   # glibc defaults
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --alone reference-style  # its faults
     python benchmarks/bench_train_step.py --model vit_nano --frames 4 --size 32 --no-compile
 """
 
