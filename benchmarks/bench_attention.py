@@ -8,6 +8,7 @@ measured matmul floor (a large fp32 GEMM).
     python benchmarks/bench_attention.py                     # ViT-S and ViT-B, 16x224, batch 1
     python benchmarks/bench_attention.py --models vit_small_patch16_224 --batch 2 --bf16
     OMP_NUM_THREADS=1 python benchmarks/bench_attention.py --kernels   # one block's core
+    OMP_NUM_THREADS=1 python benchmarks/bench_attention.py --kernels --chunks 18 19 20 21
 
 ``--kernels`` times only the attention core of one ViT-S block (forward + backward to q,
 k, v; 1568 queries, 1570 keys), in one process, the variants interleaved, in CPU seconds:
@@ -15,7 +16,9 @@ the reference's plain expression (autograd through transposed views), SDPA, and 
 plain path (``models.layers.plain_attention``: every batched matmul reads row-major
 operands, transposes made contiguous first, backward written out) and its recomputing
 kernel (``models.layers.recompute_attention``: SDPA's fused forward, a backward that
-recomputes the probabilities per head, keys x queries, with row-major GEMMs). On
+recomputes the probabilities per head, keys x queries, with row-major GEMMs); also that
+kernel as of ``--baseline`` (loaded from git: the queries x keys backward before this
+form) and with ``--chunks`` of keys, old and new side by side. On
 the AMX Xeon here a bf16 ``bmm`` whose second operand is a transposed view runs at about
 a quarter of the row-major rate, which is what makes the plain backward slow.
 """
@@ -103,17 +106,20 @@ def measure(cfg: dict) -> dict:
     }
 
 
-def kernels(rounds: int) -> None:
-    """One ViT-S block's attention core, forward + backward, four ways, CPU seconds."""
+def kernels(rounds: int, baseline: str | None, chunk_powers: list[int]) -> None:
+    """One ViT-S block's attention core, forward + backward, four ways (plus the
+    recomputing kernel as of ``baseline`` and at other chunk sizes), CPU seconds."""
     import statistics
 
     import torch
     import torch.nn.functional as F
 
+    from aptune.models import layers
     from aptune.models.layers import plain_attention, recompute_attention
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_train_step import keep_freed_memory  # each kernel as in its own process
+    from git_source import module_at
 
     print(keep_freed_memory())
 
@@ -129,6 +135,12 @@ def kernels(rounds: int) -> None:
         "aptune plain (row-major)": lambda q, k, v: plain_attention(q, k, v, scale),
         "aptune recompute": lambda q, k, v: recompute_attention(q, k, v, scale),
     }
+    if baseline:
+        old = module_at(baseline, "src/aptune/models/layers.py", "aptune.models.old_layers")
+        cores[f"recompute @{baseline}"] = lambda q, k, v: old.recompute_attention(q, k, v, scale)
+    chunks = {f"recompute, chunks 2^{c}": 1 << c for c in chunk_powers}
+    cores.update({name: cores["aptune recompute"] for name in chunks})
+    default_chunk = layers._CHUNK_ELEMENTS
     print(f"attention core, ViT-S block (h {h}, {N} queries, {N + M} keys), fwd+bwd, "
           f"{torch.get_num_threads()} thread(s), CPU ms, median of {rounds}")  # fmt: skip
     for dtype in (torch.bfloat16, torch.float32):
@@ -139,6 +151,7 @@ def kernels(rounds: int) -> None:
         outs, times = {}, {name: [] for name in cores}
         for r in range(rounds + 1):
             for name, core in cores.items():
+                layers._CHUNK_ELEMENTS = chunks.get(name, default_chunk)
                 start = time.process_time()
                 kk = torch.cat((k, prompt.expand(B, h, M, d)), dim=2)  # (B, h, N+M, d)
                 vv = torch.cat((v, prompt.expand(B, h, M, d)), dim=2)
@@ -153,7 +166,7 @@ def kernels(rounds: int) -> None:
             t = statistics.median(times[name])
             err = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
                       for a, b in zip(outs[name], outs["formula plain (reference)"]))  # fmt: skip
-            print(f"  {str(dtype)[6:]:<9}{name:<27}{1e3 * t:8.1f} ms{base / t:7.2f}x"
+            print(f"  {str(dtype)[6:]:<9}{name:<31}{1e3 * t:8.1f} ms{base / t:7.2f}x"
                   f"   max rel. diff to the formula {err:.1e}")  # fmt: skip
 
 
@@ -176,10 +189,24 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="CPU bf16 autocast")
     p.add_argument("--modes", nargs="+", default=["forward", "train"])
     p.add_argument("--kernels", action="store_true", help="time one block's attention core")
+    p.add_argument(
+        "--baseline",
+        default="d871cdc",
+        help="--kernels: also time the recomputing kernel as of this git revision (the "
+        "queries x keys backward before the keys x queries one); '' to skip",
+    )
+    p.add_argument(
+        "--chunks",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="POWER",
+        help="--kernels: also time the recomputing kernel with key chunks of 2^POWER elements",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.kernels:
-        kernels(max(a.repeats, 5))
+        kernels(max(a.repeats, 5), a.baseline, a.chunks)
         return
     if a.child:
         print(json.dumps(measure(json.loads(a.child))))

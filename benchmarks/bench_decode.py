@@ -13,9 +13,7 @@ returns wrong frames on the AVIs: the count is printed too.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,18 +27,12 @@ from video_fixtures import pack_b_frames, sequential_frames, write_coded  # noqa
 
 from aptune.data.decode import PyAVReader  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from git_source import module_at  # noqa: E402
+
 
 def old_reader_class(rev: str):
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:src/aptune/data/decode.py"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    path = Path(tempfile.mkdtemp()) / "old_decode.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("aptune.data.old_decode", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.PyAVReader
+    return module_at(rev, "src/aptune/data/decode.py", "aptune.data.old_decode").PyAVReader
 
 
 def smooth_frames(n: int, height: int, width: int) -> np.ndarray:
