@@ -246,3 +246,30 @@ def test_first_apt_block_backward_works_on_the_prompt_rows_alone(monkeypatch):
     out.sum().backward()
     assert shapes and all(a[0] == 2 for a, _ in shapes), shapes  # every GEMM: 2 prompt rows
     assert pk.grad is not None and pv.grad is not None and q.grad is None
+
+
+def test_sdpa_model_runs_its_first_apt_block_through_the_prompt_rows_path(monkeypatch):
+    """``attn_impl="sdpa"`` on a CPU: the first APT block (q, k, v from the frozen patch
+    embedding) uses SDPA's forward and the prompt-rows backward; the other blocks stay on
+    SDPA. Gradients equal the plain kernel's (an independent formula)."""
+    torch.manual_seed(0)
+    model = apply_apt(create_vit("vit_nano", num_classes=5, num_frames=4, img_size=32), 2)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(("kv_prompts", "head")))
+    x = torch.randn(2, 3, 4, 32, 32)
+    calls = []
+    apply = layers.RecomputeAttention.apply
+
+    def spy(*args):
+        calls.append(args)
+        return apply(*args)
+
+    monkeypatch.setattr(layers.RecomputeAttention, "apply", spy)
+    out_s, grads_s = _train_grads(model, x, "sdpa")
+    assert len(calls) == 1 and not calls[0][0].requires_grad  # the first block only
+    out_p, grads_p = _train_grads(model, x, "plain")
+    torch.testing.assert_close(out_s, out_p)
+    assert grads_s.keys() == grads_p.keys()
+    assert grads_s["kv_prompts.prompt_embeddings_k"][0].abs().sum() > 0  # block 0's prompts
+    for name in grads_s:
+        torch.testing.assert_close(grads_s[name], grads_p[name], rtol=1e-4, atol=1e-6)

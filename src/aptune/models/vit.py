@@ -132,8 +132,13 @@ class Attention(nn.Module):
                 extra = (F.normalize(extra[0], dim=-1), extra[1])
             scale = 1.0
         explicit = 1.0 if self.cos_attn else self.scale  # aptune's kernels take it explicitly
-        if self.attn_impl == "recompute":  # SDPA's saved set, GEMM-speed backward
-            out = recompute_attention(q, k, v, explicit, extra)  # prompts kept apart
+        prompts_only = extra is not None and not (
+            q.requires_grad or k.requires_grad or v.requires_grad
+        )
+        if self.attn_impl == "recompute" or (self.attn_impl == "sdpa" and prompts_only):
+            # SDPA's forward and saved set; a GEMM-speed backward that, where only the
+            # prompts need a gradient (the first APT block), works on their rows alone
+            out = recompute_attention(q, k, v, explicit, extra)
         else:
             if extra is not None:
                 k = torch.cat((k, extra[0]), dim=2)  # (B, h, N+M, d)
