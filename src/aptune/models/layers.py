@@ -59,6 +59,7 @@ def init_weights(m: nn.Module, linear_init: Callable[[torch.Tensor], object] | N
 
 __all__ = [
     "DropPath",
+    "append_kv",
     "init_weights",
     "plain_attention",
     "recompute_attention",
@@ -104,9 +105,18 @@ def plain_attention(q, k, v, scale: float):
 #: elements of one chunk of a head's transposed probabilities (keys x queries) in the
 #: recomputing backward: bounds its two transient buffers (2 x 32 MiB in bf16) on long
 #: clips; ViT-S/B 16x224 (1570 x 1568) is one chunk. Cache-sized chunks (2^18-2^21
-#: elements) measured 1.2-1.4x slower per block here: every extra GEMM call repacks its
-#: operands, and that costs more than the cache saves.
+#: elements) measured 1.15-1.4x slower per bf16 block here (bench_attention.py --kernels
+#: --chunks 18 19 20 21): every extra GEMM call repacks its operands.
 _CHUNK_ELEMENTS = 1 << 24
+
+
+def append_kv(
+    k: torch.Tensor, v: torch.Tensor, extra_kv: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values with APT's prompt keys and values appended: (B, h, N+M, d) each."""
+    if extra_kv is None:
+        return k, v
+    return torch.cat((k, extra_kv[0]), dim=-2), torch.cat((v, extra_kv[1]), dim=-2)
 
 
 def _split(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +178,8 @@ class RecomputeAttention(torch.autograd.Function):
     ``dV_c = P^T dO``, ``dS^T = P^T * (v_c dO^T - rowsum(dO * O))`` (the row sum folded in
     likewise, one multiply pass), ``dK_c = dS^T (q * scale)``, ``dQ^T += K_c^T dS^T``.
     Working on keys x queries makes dK and dV row-major and complete per chunk (only dQ
-    sums over chunks, in fp32), which measured 1.2x faster than the queries x keys form. The
+    sums over chunks, in fp32): 1.14-1.15x faster than the queries x keys form per block,
+    forward included (bench_attention.py --kernels, against ``--baseline``). The
     probabilities are recomputed from the log-sum-exp, so rows whose scores sit near their
     maximum are more exact than the plain path's bf16 scores (tests/models).
     """
@@ -176,8 +187,7 @@ class RecomputeAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, k_extra, v_extra, scale: float):  # type: ignore[override]
         extra = k_extra is not None
-        keys = torch.cat((k, k_extra), dim=-2) if extra else k  # (B, h, N+M, d)
-        values = torch.cat((v, v_extra), dim=-2) if extra else v
+        keys, values = append_kv(k, v, (k_extra, v_extra) if extra else None)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, keys, values, 0.0, False, scale=scale
         )  # (B, h, N, d), (B, h, N) in fp32 (fp64 for fp64 inputs)
@@ -250,8 +260,7 @@ def recompute_attention(q, k, v, scale: float, extra_kv=None):
     tensors = (q, k, v) + (tuple(extra_kv) if extra_kv is not None else ())
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if q.device.type != "cpu" or not grads:
-        if extra_kv is not None:
-            k, v = torch.cat((k, extra_kv[0]), dim=-2), torch.cat((v, extra_kv[1]), dim=-2)
+        k, v = append_kv(k, v, extra_kv)
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
     k_extra, v_extra = extra_kv if extra_kv is not None else (None, None)
     return RecomputeAttention.apply(q, k, v, k_extra, v_extra, scale)

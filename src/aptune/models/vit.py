@@ -23,6 +23,7 @@ from torch import nn
 
 from aptune.models.layers import (
     DropPath,
+    append_kv,
     init_weights,
     plain_attention,
     recompute_attention,
@@ -140,9 +141,7 @@ class Attention(nn.Module):
             # prompts need a gradient (the first APT block), works on their rows alone
             out = recompute_attention(q, k, v, explicit, extra)
         else:
-            if extra is not None:
-                k = torch.cat((k, extra[0]), dim=2)  # (B, h, N+M, d)
-                v = torch.cat((v, extra[1]), dim=2)
+            k, v = append_kv(k, v, extra)  # (B, h, N+M, d)
             if self.attn_impl == "sdpa":
                 out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, N, d)
             else:  # scores (B, h, N, N+M) kept for backward; row-major matmuls
