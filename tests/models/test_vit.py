@@ -181,3 +181,22 @@ def test_patch_embed_as_gemm_trains_the_weights_like_the_conv():
     pe(x).square().sum().backward()  # fp64, no autocast: the conv
     torch.testing.assert_close(pe.proj.weight.grad, via_gemm[0])
     torch.testing.assert_close(pe.proj.bias.grad, via_gemm[1])
+
+
+@pytest.mark.parametrize("used", [(0, 1, 2), (0, 2), (1,)])
+def test_split_heads_backward_equals_autograd_of_reshape_permute_unbind(used):
+    """One buffer written by strided copies must equal autograd's stack-and-copy, also
+    where some of q, k, v get no gradient (their slice is zero, not left unwritten)."""
+    from aptune.models.layers import split_heads
+
+    qkv = torch.randn(2, 5, 3 * 4 * 3, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(2, 4, 5, 3, dtype=torch.float64) for _ in range(3)]
+    ours = split_heads(qkv, 4)
+    ref = qkv.reshape(2, 5, 3, 4, 3).permute(2, 0, 3, 1, 4).unbind(0)
+    for a, b in zip(ours, ref):
+        assert a.shape == (2, 4, 5, 3) and torch.equal(a, b)
+        assert a.data_ptr() == b.data_ptr() or a.numel() == 0  # views, not copies
+    g_ours = torch.autograd.grad(sum((ours[i] * weights[i]).sum() for i in used), qkv)[0]
+    g_ref = torch.autograd.grad(sum((ref[i] * weights[i]).sum() for i in used), qkv)[0]
+    assert torch.equal(g_ours, g_ref)
+    assert torch.autograd.gradcheck(lambda t: split_heads(t, 4)[used[0]].sin().sum(), (qkv,))

@@ -64,6 +64,7 @@ __all__ = [
     "plain_attention",
     "recompute_attention",
     "sinusoid_table",
+    "split_heads",
 ]
 
 
@@ -102,6 +103,42 @@ def plain_attention(q, k, v, scale: float):
     return RowMajorAttention.apply(q, k, v, scale)
 
 
+class SplitHeads(torch.autograd.Function):
+    """(B, N, 3 * h * d) -> q, k, v, each a (B, h, N, d) view; the backward writes the three
+    gradients into one (B, N, 3, h, d) buffer.
+
+    Why: autograd's backward of ``reshape -> permute -> unbind`` stacks the three gradients
+    into a new (3, B, h, N, d) tensor and then copies that into (B, N, 3, h, d) order: two
+    passes over every block's qkv gradient, where one strided copy of each does.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, heads: int):  # type: ignore[override]
+        B, N, C = qkv.shape
+        ctx.set_materialize_grads(False)  # a missing gradient is a zero slice, not a tensor
+        ctx.shape, ctx.heads = (B, N, C), heads
+        return qkv.reshape(B, N, 3, heads, C // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        B, N, C = ctx.shape
+        like = next((g for g in grads if g is not None), None)
+        if like is None:
+            return None, None
+        out = like.new_empty(B, N, 3, ctx.heads, C // (3 * ctx.heads))
+        for part, g in zip(out.permute(2, 0, 3, 1, 4).unbind(0), grads):
+            part.zero_() if g is None else part.copy_(g)
+        return out.view(B, N, C), None
+
+
+def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of a fused qkv projection (B, N, 3 * h * d): (B, h, N, d) views each."""
+    if not (torch.is_grad_enabled() and qkv.requires_grad):
+        B, N, C = qkv.shape
+        return qkv.reshape(B, N, 3, heads, C // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
+    return SplitHeads.apply(qkv, heads)
+
+
 #: elements of one chunk of a head's transposed probabilities (keys x queries) in the
 #: recomputing backward: bounds its two transient buffers (2 x 32 MiB in bf16) on long
 #: clips; ViT-S/B 16x224 (1570 x 1568) is one chunk. Cache-sized chunks (2^18-2^21
@@ -125,25 +162,29 @@ def _split(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Ten
     return hi, (x - hi.to(x.dtype)).to(dtype)
 
 
-def _augmented(a: torch.Tensor, tail: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """``[a * scale, hi(tail), lo(tail)]`` along the last dim: (..., n, d) -> (..., n, d + 2).
+def _columns(x: torch.Tensor, tail: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``[x * scale, hi(tail), lo(tail)]^T`` per head: (B, h, n, d), (B, h, n) -> (B, h, d + 2, n).
 
-    Why: a per-row constant subtracted inside a matmul (``[a, -c] @ [b; 1]``) is summed in
+    Why: a per-row constant subtracted inside a matmul (``[k, 1] @ [q, -c]^T``) is summed in
     the GEMM's fp32 accumulator and rounded once, where subtracting it from the bf16 product
-    afterwards would round twice and cost a pass over the (N+M, N) scores.
+    afterwards would round twice and cost a pass over the (N+M, N) scores. Written as a
+    transposing copy, then the scale on the copy's contiguous rows: one ``mul`` that
+    transposes, or a scaled copy transposed afterwards, measured slower on ViT-S heads.
     """
-    out = a.new_empty(a.shape[:-1] + (a.shape[-1] + 2,))
-    torch.mul(a, scale, out=out[..., :-2])
-    hi, lo = _split(tail, a.dtype)
-    out[..., -2] = hi
-    out[..., -1] = lo
+    d = x.shape[-1]
+    out = x.new_empty(x.shape[:-2] + (d + 2, x.shape[-2]))
+    out[..., :d, :].copy_(x.transpose(-2, -1))
+    if scale != 1.0:
+        out[..., :d, :].mul_(scale)
+    out[..., d, :], out[..., d + 1, :] = _split(tail, x.dtype)
     return out
 
 
 def _with_ones(x: torch.Tensor) -> torch.Tensor:
-    """(..., m, d) -> ``[x, 1, 1]``: (..., m, d + 2), the partner of :func:`_augmented`."""
-    out = x.new_ones(x.shape[:-1] + (x.shape[-1] + 2,))
+    """(..., m, d) -> ``[x, 1, 1]``: (..., m, d + 2), the partner of :func:`_columns`."""
+    out = x.new_empty(x.shape[:-1] + (x.shape[-1] + 2,))
     out[..., :-2] = x
+    out[..., -2:] = 1
     return out
 
 
@@ -211,9 +252,8 @@ class RecomputeAttention(torch.autograd.Function):
         acc = lse.dtype  # fp32 (fp64 for fp64 inputs): where row sums and chunk sums live
         grad = grad.to(q.dtype)
         delta = (grad.to(acc) * out.to(acc)).sum(-1)  # (B, h, N): rowsum(dO * O) = rowsum(dP * P)
-        qa = _augmented(q, -lse, scale)  # rows of [q * scale, -lse]: (B, h, N, d + 2)
-        q_cols = qa.transpose(-2, -1).contiguous()  # (B, h, d + 2, N)
-        g_cols = _augmented(grad, -delta).transpose(-2, -1).contiguous()  # [dO, -delta]^T
+        q_cols = _columns(q, -lse, scale)  # [q * scale, -lse]^T: (B, h, d + 2, N)
+        g_cols = _columns(grad, -delta)  # [dO, -delta]^T
         k_rows, v_rows = _with_ones(k[..., first:, :]), _with_ones(v[..., first:, :])
         dk = k.new_empty(B, H, m, d) if need_k else None  # rows from `first` on are set
         dv = v.new_empty(B, H, m, d) if need_v else None
@@ -222,7 +262,8 @@ class RecomputeAttention(torch.autograd.Function):
         p_buf, ds_buf = q.new_empty(rows, n), q.new_empty(rows, n)
         for b in range(B):
             for h in range(H):
-                q_h = qa[b, h, :, :d].contiguous() if need_k else None  # (N, d), scaled
+                # (N, d), scaled: a transposed view, which these GEMMs read at full speed
+                q_h = q_cols[b, h, :d].t() if need_k else None
                 g_h = grad[b, h] if need_v else None  # (N, d)
                 k_t = k[b, h].t().contiguous() if need_q else None  # (d, m)
                 total = torch.zeros(d, n, dtype=acc) if need_q and rows < m - first else None

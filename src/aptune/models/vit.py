@@ -28,6 +28,7 @@ from aptune.models.layers import (
     plain_attention,
     recompute_attention,
     sinusoid_table,
+    split_heads,
 )
 
 AttnImpl = Literal["sdpa", "plain", "recompute"]
@@ -148,8 +149,7 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, bias)  # (B, N, 3D)
         if self.qkv_delta is not None:
             qkv = qkv + self.qkv_delta(x)
-        qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, h, N, d)
+        q, k, v = split_heads(qkv, self.num_heads)  # each (B, h, N, d)
         extra = None  # APT's prompt keys and values, (B, h, M, d) each
         if extra_kv is not None:
             k_extra, v_extra = extra_kv
