@@ -192,8 +192,9 @@ def step_flops(step: Callable) -> int:
 def median_times(steps: dict[str, Callable], rounds: int) -> tuple[dict, dict]:
     """One warm-up each, then ``rounds`` rounds, each in its own shuffled order (a fixed
     rotation would give every configuration the same predecessor, and with it the same
-    allocator and cache state); medians of the step time and of its minor page faults
-    (memory handed back to the OS and touched again: system time inside the step)."""
+    allocator and cache state); every step time per round, and the median of its minor
+    page faults (memory handed back to the OS and touched again: system time inside the
+    step)."""
     names = list(steps)
     for name in names:
         steps[name]()
@@ -209,10 +210,7 @@ def median_times(steps: dict[str, Callable], rounds: int) -> tuple[dict, dict]:
             times[name].append(CLOCK() - start)
             faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         print(f"  round {r + 1}/{rounds} done", flush=True)
-    return (
-        {n: statistics.median(v) for n, v in times.items()},
-        {n: statistics.median(v) for n, v in faults.items()},
-    )
+    return times, {n: statistics.median(v) for n, v in faults.items()}
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -374,14 +372,21 @@ def alone(ours: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, precisio
 
 def report(title: str, times: dict, memory: dict, faults: dict, base: str,
            floor: float | None) -> None:  # fmt: skip
-    print(f"\n{title}: median s/step, speed-up over {base}, activation memory, page faults")
-    head = f"{'configuration':<40}{'s/step':>8}{'speed-up':>10}{'act. MB':>9}{'mem ratio':>11}"
-    print(head + f"{'faults':>9}" + (f"{'x floor':>9}" if floor else ""))
-    for name, t in times.items():
+    """Median s/step; the speed-up as the median over rounds of ``base``'s step over this
+    one's *in the same round*, with the lowest and highest of those ratios: the machine's
+    speed drifts between rounds, and pairing within a round cancels what drifts slowly."""
+    print(f"\n{title}: median s/step, speed-up over {base} (median of per-round ratios, "
+          "lowest-highest), activation memory, page faults")  # fmt: skip
+    head = f"{'configuration':<40}{'s/step':>8}{'speed-up':>10}{'range':>13}{'act. MB':>9}"
+    print(head + f"{'mem ratio':>11}{'faults':>9}" + (f"{'x floor':>9}" if floor else ""))
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        ratios = [b / x for b, x in zip(times[base], ts)]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}x"
         mem = memory.get(name)
         mem_txt = f"{mem / 2**20:>9.0f}{mem / memory[base]:>10.2f}x" if mem else f"{'':>20}"
-        line = f"{name:<40}{t:>8.3f}{times[base] / t:>9.2f}x" + mem_txt + f"{faults[name]:>9.0f}"
-        print(line + (f"{t / floor:>8.1f}x" if floor else ""), flush=True)
+        line = f"{name:<40}{t:>8.3f}{statistics.median(ratios):>9.2f}x{spread:>13}" + mem_txt
+        print(line + f"{faults[name]:>9.0f}" + (f"{t / floor:>8.1f}x" if floor else ""))
 
 
 if __name__ == "__main__":
