@@ -16,6 +16,7 @@ this machine's measured bf16 GEMM rate on the model's own GEMM shape.
     OMP_NUM_THREADS=2 python benchmarks/bench_train_step.py              # ViT-S 16x224, batch 1
     OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --allocator system   # glibc defaults
     OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --alone reference-style  # its faults
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --alone sdpa --fp32 --profile  # ops
     python benchmarks/bench_train_step.py --model vit_nano --frames 4 --size 32 --no-compile
 """
 
@@ -242,10 +243,17 @@ def main() -> None:
         "--alone",
         metavar="CONFIG",
         default=None,
-        help="build and run only this bf16 configuration (e.g. reference-style, "
+        help="build and run only this configuration, in bf16 unless --fp32 (e.g. reference-style, "
         "'recompute + bf16 frozen') for 6 steps and print each step's page faults and CPU "
         "seconds: what it pays in its own process under --allocator",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="with --alone: after its 6 steps, profile 2 more and print torch.profiler's "
+        "table of the ops that took the most CPU time (where a step's time goes)",
+    )
+    p.add_argument("--fp32", action="store_true", help="with --alone: fp32 instead of bf16")
     a = p.parse_args()
     print(keep_freed_memory() if a.allocator == "keep" else "allocator: glibc's defaults")
     global CLOCK
@@ -264,7 +272,7 @@ def main() -> None:
           f"{'CPU' if cpu else 'wall'} seconds")  # fmt: skip
 
     if a.alone is not None:  # before anything else touches the heap
-        return alone(ours, a.alone, x, y, bf16)
+        return alone(ours, a.alone, x, y, fp32 if a.fp32 else bf16, a.profile)
 
     def with_impl(model: nn.Module, impl: str, step: Callable) -> Callable:
         def run() -> None:
@@ -347,9 +355,11 @@ ALONE = (
 )
 
 
-def alone(ours: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, precision) -> None:
+def alone(ours: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, precision,
+          profile: bool = False) -> None:  # fmt: skip
     """One configuration by itself, nothing else built or run in the process: its page
-    faults and CPU seconds, step by step (what it pays in its own process)."""
+    faults and CPU seconds, step by step (what it pays in its own process); with
+    ``profile``, where two more steps spend their time, op by op."""
     if name not in ALONE:
         raise SystemExit(f"--alone: one of {', '.join(map(repr, ALONE))}; got {name!r}")
     if name == "reference-style":
@@ -368,6 +378,12 @@ def alone(ours: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, precisio
         after = resource.getrusage(resource.RUSAGE_SELF)
         print(f"  {name}, step {i + 1}: {seconds:.3f} s, {after.ru_minflt - before.ru_minflt} "
               f"page faults, {after.ru_stime - before.ru_stime:.3f} s system time")  # fmt: skip
+    if profile:
+        with torch.profiler.profile() as prof:
+            for _ in range(2):
+                step()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+        print(f"{name}, 2 steps ({precision.name}):\n{table}")
 
 
 def report(title: str, times: dict, memory: dict, faults: dict, base: str,
