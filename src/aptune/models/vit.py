@@ -83,10 +83,10 @@ class PatchEmbed(nn.Module):
     def _as_gemm(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The same tubelet embedding as one (N, C*t*p*p) @ (C*t*p*p, D) matmul.
 
-        Why: on CPUs, oneDNN's bf16 Conv3d with stride = kernel ran at 1/4-1/5 the speed of
-        cutting the clip into patches and multiplying (48 vs 9-12 ms for ViT-S 16x224 on
-        the AMX Xeon; benchmarks/bench_patch_embed.py). Used only where the conv would run
-        in bf16/fp16 anyway: fp32 keeps the conv, whose sums the reference shares.
+        Why: on CPUs, oneDNN's bf16 Conv3d with stride = kernel ran 4.3-5x slower than
+        cutting the clip into patches and multiplying (ViT-S and ViT-B at 16x224 on the AMX
+        Xeon; benchmarks/bench_patch_embed.py). Used only where the conv would run in
+        bf16/fp16 anyway: fp32 keeps the conv, whose sums the reference shares.
         """
         B, C = x.shape[:2]
         (t, h, w), ts, p = self.grid, self.tubelet_size, self.patch_size
