@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from aptune.models.layers import tubelet_matmul
 from aptune.models.vit import PatchEmbed
 
 
@@ -36,7 +37,9 @@ def main() -> None:
     for dtype in (torch.bfloat16, torch.float32):
         forms = {
             "Conv3d": lambda: layer.proj(x).flatten(2).transpose(1, 2),
-            "patches @ weights": lambda dtype=dtype: layer._as_gemm(x, dtype),
+            "patches @ weights": lambda dtype=dtype: tubelet_matmul(
+                x, layer.proj.weight, layer.proj.bias, layer.grid, dtype
+            ),
         }
         times: dict[str, list[float]] = {name: [] for name in forms}
         with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype != torch.float32):

@@ -156,13 +156,15 @@ def test_patch_embed_as_gemm_under_bf16_autocast_equals_the_conv(tubelet, extra_
     channel/time swap in the kernel's flattening or a dropped remainder frame shows as an
     O(1) error. Under bf16 autocast it must also take that path and match to bf16 rounding.
     """
+    from aptune.models.layers import tubelet_matmul
     from aptune.models.vit import PatchEmbed
 
     pe = PatchEmbed(32, 8, 3, 24, 4, tubelet).double()
     x = torch.randn(2, 3, 4 + extra_frames, 32, 40, dtype=torch.float64)  # wider than 32: ignored
     x = x[..., :32]  # a non-contiguous input, as a clip view would be
     conv = pe.proj(x).flatten(2).transpose(1, 2)
-    torch.testing.assert_close(pe._as_gemm(x, torch.float64), conv, rtol=1e-12, atol=1e-12)
+    gemm = tubelet_matmul(x, pe.proj.weight, pe.proj.bias, pe.grid, torch.float64)
+    torch.testing.assert_close(gemm, conv, rtol=1e-12, atol=1e-12)
     assert pe(x).is_contiguous()  # the residual stream starts row-major
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = pe.float()(x.float())
@@ -171,11 +173,13 @@ def test_patch_embed_as_gemm_under_bf16_autocast_equals_the_conv(tubelet, extra_
 
 
 def test_patch_embed_as_gemm_trains_the_weights_like_the_conv():
+    from aptune.models.layers import tubelet_matmul
     from aptune.models.vit import PatchEmbed
 
     pe = PatchEmbed(16, 8, 3, 8, 4, 2).double()
     x = torch.randn(1, 3, 4, 16, 16, dtype=torch.float64)
-    pe._as_gemm(x, torch.float64).square().sum().backward()
+    w, b = pe.proj.weight, pe.proj.bias
+    tubelet_matmul(x, w, b, pe.grid, torch.float64).square().sum().backward()
     via_gemm = pe.proj.weight.grad.clone(), pe.proj.bias.grad.clone()
     pe.zero_grad()
     pe(x).square().sum().backward()  # fp64, no autocast: the conv

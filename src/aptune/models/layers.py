@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -17,6 +18,39 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
     angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)
     table = torch.where(j.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
     return table.float().unsqueeze(0)  # (1, N, D)
+
+
+def reduced_cpu_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """bf16/fp16 when ``x`` is on the CPU and autocast there computes in it, else None."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return None
+    dtype = torch.get_autocast_dtype("cpu")
+    return dtype if dtype in (torch.bfloat16, torch.float16) else None
+
+
+def tubelet_matmul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    grid: tuple[int, int, int],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """A stride = kernel Conv3d, (B, C, T, H, W) -> (B, N, D) tokens in (t, h, w) order, as
+    one (N, C*t*p*p) @ (C*t*p*p, D) matmul in ``dtype``; ``weight`` is the conv's (D, C, t,
+    p, p) kernel and ``grid`` the (t, h, w) token grid.
+
+    Why: on CPUs, oneDNN's bf16 Conv3d with stride = kernel ran 3.6-5x slower than cutting
+    the clip into patches and multiplying (ViT-S and ViT-B at 16x224 on the AMX Xeon;
+    benchmarks/bench_patch_embed.py). ``PatchEmbed`` uses it only where the conv would run
+    in bf16/fp16 anyway: fp32 keeps the conv, whose sums the reference shares.
+    """
+    B, C = x.shape[:2]
+    (t, h, w), (ts, p) = grid, weight.shape[2:4]
+    x = x[:, :, : t * ts, : h * p, : w * p].to(dtype)  # the conv ignores any remainder
+    patches = x.reshape(B, C, t, ts, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    patches = patches.reshape(B, t * h * w, C * ts * p * p)  # (c, t, y, x): the kernel's order
+    bias = None if bias is None else bias.to(dtype)
+    return F.linear(patches, weight.to(dtype).reshape(weight.shape[0], -1), bias)
 
 
 class DropPath(nn.Module):
@@ -63,8 +97,10 @@ __all__ = [
     "init_weights",
     "plain_attention",
     "recompute_attention",
+    "reduced_cpu_dtype",
     "sinusoid_table",
     "split_heads",
+    "tubelet_matmul",
 ]
 
 

@@ -27,8 +27,10 @@ from aptune.models.layers import (
     init_weights,
     plain_attention,
     recompute_attention,
+    reduced_cpu_dtype,
     sinusoid_table,
     split_heads,
+    tubelet_matmul,
 )
 
 AttnImpl = Literal["sdpa", "plain", "recompute"]
@@ -36,14 +38,6 @@ ATTN_IMPLS: tuple[str, ...] = ("sdpa", "plain", "recompute")
 LN_EPS = 1e-6
 #: VideoMAE V2's cap on the cosine-attention logit scale: exp(scale) <= 100.
 LOGIT_SCALE_MAX = math.log(100.0)
-
-
-def _reduced_cpu_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """bf16/fp16 when ``x`` is on the CPU and autocast there computes in it, else None."""
-    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-        return None
-    dtype = torch.get_autocast_dtype("cpu")
-    return dtype if dtype in (torch.bfloat16, torch.float16) else None
 
 
 class PatchEmbed(nn.Module):
@@ -72,30 +66,13 @@ class PatchEmbed(nn.Module):
                 f"num_frames={self.grid[0] * self.tubelet_size}, input_size={self.img_size}; "
                 "rebuild the model with these sizes"
             )
-        dtype = _reduced_cpu_dtype(x)
-        if dtype is not None:
-            return self._as_gemm(x, dtype)
+        dtype = reduced_cpu_dtype(x)
+        if dtype is not None:  # the same sums as one matmul: oneDNN's bf16 Conv3d is slow
+            return tubelet_matmul(x, self.proj.weight, self.proj.bias, self.grid, dtype)
         # (B, D, t, h, w) -> (B, N, D), made row-major once: as a transposed view, every
         # residual add would keep that layout and every LayerNorm copy it back (forward and
         # backward, twice per block)
         return self.proj(x).flatten(2).transpose(1, 2).contiguous()
-
-    def _as_gemm(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The same tubelet embedding as one (N, C*t*p*p) @ (C*t*p*p, D) matmul.
-
-        Why: on CPUs, oneDNN's bf16 Conv3d with stride = kernel ran 4.3-5x slower than
-        cutting the clip into patches and multiplying (ViT-S and ViT-B at 16x224 on the AMX
-        Xeon; benchmarks/bench_patch_embed.py). Used only where the conv would run in
-        bf16/fp16 anyway: fp32 keeps the conv, whose sums the reference shares.
-        """
-        B, C = x.shape[:2]
-        (t, h, w), ts, p = self.grid, self.tubelet_size, self.patch_size
-        x = x[:, :, : t * ts, : h * p, : w * p].to(dtype)  # the conv ignores any remainder
-        patches = x.reshape(B, C, t, ts, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        patches = patches.reshape(B, t * h * w, C * ts * p * p)  # (c, t, y, x): the kernel's order
-        weight = self.proj.weight.to(dtype).reshape(self.proj.out_channels, -1)
-        bias = None if self.proj.bias is None else self.proj.bias.to(dtype)
-        return F.linear(patches, weight, bias)  # (B, N, D)
 
 
 class Attention(nn.Module):
