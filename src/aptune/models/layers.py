@@ -139,6 +139,12 @@ def plain_attention(q, k, v, scale: float):
     return RowMajorAttention.apply(q, k, v, scale)
 
 
+def _head_views(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+    """(B, N, 3 * h * d) -> q, k, v, each a (B, h, N, d) view."""
+    B, N, C = qkv.shape
+    return qkv.reshape(B, N, 3, heads, C // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+
 class SplitHeads(torch.autograd.Function):
     """(B, N, 3 * h * d) -> q, k, v, each a (B, h, N, d) view; the backward writes the three
     gradients into one (B, N, 3, h, d) buffer.
@@ -150,10 +156,9 @@ class SplitHeads(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv, heads: int):  # type: ignore[override]
-        B, N, C = qkv.shape
         ctx.set_materialize_grads(False)  # a missing gradient is a zero slice, not a tensor
-        ctx.shape, ctx.heads = (B, N, C), heads
-        return qkv.reshape(B, N, 3, heads, C // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
+        ctx.shape, ctx.heads = qkv.shape, heads
+        return _head_views(qkv, heads)
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
@@ -161,17 +166,16 @@ class SplitHeads(torch.autograd.Function):
         like = next((g for g in grads if g is not None), None)
         if like is None:
             return None, None
-        out = like.new_empty(B, N, 3, ctx.heads, C // (3 * ctx.heads))
-        for part, g in zip(out.permute(2, 0, 3, 1, 4).unbind(0), grads):
+        out = like.new_empty(B, N, C)
+        for part, g in zip(_head_views(out, ctx.heads), grads):
             part.zero_() if g is None else part.copy_(g)
-        return out.view(B, N, C), None
+        return out, None
 
 
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of a fused qkv projection (B, N, 3 * h * d): (B, h, N, d) views each."""
     if not (torch.is_grad_enabled() and qkv.requires_grad):
-        B, N, C = qkv.shape
-        return qkv.reshape(B, N, 3, heads, C // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
+        return _head_views(qkv, heads)
     return SplitHeads.apply(qkv, heads)
 
 
