@@ -20,12 +20,14 @@ ALLOWED: dict[str, set[str]] = {
     "models": set(),
     "data": set(),
     "tuning": {"models"},
+    "recipes": set(),
     "build": {"models", "tuning", "data"},
-    "config": {"models", "tuning", "data", "build"},
-    "engine": {"models", "tuning", "data", "build", "config"},
-    "pretrain": {"models", "tuning", "data", "build", "config", "engine"},
-    "commands": {"models", "tuning", "data", "build", "config", "engine", "pretrain"},
-    "cli": {"models", "tuning", "data", "build", "config", "engine", "pretrain", "commands"},
+    "config": {"models", "tuning", "data", "build", "recipes"},
+    "engine": {"models", "tuning", "data", "build", "config", "recipes"},
+    "pretrain": {"models", "tuning", "data", "build", "config", "recipes", "engine"},
+    "commands": {"models", "tuning", "data", "build", "config", "recipes", "engine", "pretrain"},
+    "cli": {"models", "tuning", "data", "build", "config", "recipes", "engine", "pretrain",
+            "commands"},
 }
 
 

@@ -35,6 +35,9 @@ def build_model(
     init_scale: float = 0.001,
     checkpoint: str | Path | None = None,
     model_key: str = "model|module",
+    model_prefix: str = "",
+    drop: float = 0.0,
+    attn_drop_rate: float = 0.0,
     attn_impl: AttnImpl = "sdpa",
     cos_attn: bool | None = None,
     verbose: bool = False,
@@ -50,7 +53,10 @@ def build_model(
     folder the architecture (width, depth, heads, patch, norm eps, tubelet) comes from its
     ``config.json``; ``num_frames``/``input_size`` default to the checkpoint's and
     otherwise to 16/224. ``cos_attn`` (VideoMAE V2's cosine attention): ``None`` turns it
-    on when the checkpoint has ``attn.scale`` keys.
+    on when the checkpoint has ``attn.scale`` keys. ``model_prefix`` keeps only the
+    checkpoint keys under that prefix, stripped (the reference's ``--model_prefix``).
+    ``drop`` (after the position embedding, every attention projection and MLP) and
+    ``attn_drop_rate`` (on the attention probabilities) are the reference's dropouts.
     Extra keyword options go to the methods by their flag names (``lora_rank=8`` ...).
     Returns the model in train mode with ``requires_grad`` set for the method.
     """
@@ -96,6 +102,10 @@ def build_model(
             log.info("architecture of %s read from its config.json", checkpoint)
         if not random_init:
             raw, info = read_checkpoint(folder, model_key)
+            if model_prefix:
+                from aptune.models.convert import select_prefix
+
+                raw = select_prefix(raw, model_prefix, str(checkpoint))
             info["source"] = str(checkpoint)
             if cos_attn is None and uses_cos_attn(raw):
                 cos_attn = True
@@ -107,6 +117,8 @@ def build_model(
         img_size=input_size or 224,
         tubelet_size=tubelet_size or 2,
         drop_path=drop_path,
+        drop=drop,
+        attn_drop_rate=attn_drop_rate,
         fc_drop_rate=fc_drop_rate,
         init_scale=init_scale,
         attn_impl=attn_impl,

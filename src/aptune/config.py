@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from aptune.recipes import RECIPES, recipe_values
+
 DATA_SETS = ("Kinetics-400", "SSV2", "UCF101", "HMDB51", "image_folder")
 
 
@@ -42,14 +44,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="prompt (APT) | linear | end2end | "
         "random | vpt_shallow | vpt_deep | adapter | lora | bitfit; combine with '+'",
     )
-    g.add_argument("--prompt_start", type=int, default=0, help="first block with APT prompts")
+    g.add_argument(
+        "--prompt_start", type=int, default=None, help="first block with APT prompts (default: 0)"
+    )
     g.add_argument(
         "--prompt_end",
         type=int,
         default=None,
         help="last block with APT prompts, inclusive (default: the last block)",
     )
-    g.add_argument("--prompt_num_tokens", type=int, default=2, help="APT prompt tokens per layer")
+    g.add_argument("--prompt_num_tokens", type=int, default=5, help="APT prompt tokens per layer")
     g.add_argument("--prompt_dropout", type=float, default=0.0, help="dropout on APT prompts")
     g.add_argument(
         "--prompt_reparam",
@@ -64,10 +68,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--drop",
         type=float,
         default=0.0,
-        help="accepted for compatibility (unused by VideoMAE's ViT, as in the reference)",
+        help="dropout after the position embedding, each attention projection and each MLP",
     )
-    g.add_argument("--attn_drop_rate", type=float, default=0.0, help="accepted; unused (as ref)")
-    g.add_argument("--drop_path", type=float, default=0.1, help="stochastic depth rate")
+    g.add_argument(
+        "--attn_drop_rate", type=float, default=0.0, help="dropout on the attention probabilities"
+    )
+    g.add_argument("--drop_path", type=float, default=0.0, help="stochastic depth rate")
     g.add_argument("--init_scale", type=float, default=0.001, help="head init multiplier")
     g.add_argument(
         "--finetune",
@@ -77,8 +83,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "aptune .safetensors or run folder",
     )
     g.add_argument("--model_key", default="model|module", help="keys to look under, first wins")
-    g.add_argument("--model_prefix", default="", help="accepted for compatibility")
-    g.add_argument("--use_checkpoint", action="store_true", help="accepted for compatibility")
+    g.add_argument(
+        "--model_prefix",
+        default="",
+        help="key prefix of the --finetune weights, stripped on loading (e.g. backbone.)",
+    )
+    g.add_argument(
+        "--use_checkpoint", action="store_true", help="activation checkpointing (not yet: logged)"
+    )
     g.add_argument(
         "--use_mean_pooling",
         action="store_true",
@@ -106,11 +118,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_optim_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation (lr values are per 256 samples)")
-    g.add_argument("--batch_size", type=int, default=64, help="clips per process per step")
-    g.add_argument("--batch_size_val", type=int, default=None, help="eval batch (default: batch)")
-    g.add_argument("--epochs", type=int, default=30, help="training epochs")
+    g.add_argument(
+        "--recipe",
+        default=None,
+        choices=list(RECIPES),
+        help="named recipe (default: reference%(default).0s): reference = the reference "
+        "run_class_apt.py's defaults (mixup, erasing and drop_path off, SGD); "
+        "videomae-finetune = VideoMAE's full fine-tuning recipe (AdamW lr 1e-3 wd 0.05, "
+        "layer decay 0.75, mixup 0.8, cutmix 1.0, erasing 0.25, drop_path 0.1, 30 epochs); "
+        "--config and flags override its values",
+    )
+    g.add_argument("--batch_size", type=int, default=16, help="clips per process per step")
+    g.add_argument("--batch_size_val", type=int, default=14, help="evaluation batch per process")
+    g.add_argument("--epochs", type=int, default=100, help="training epochs")
     g.add_argument("--update_freq", type=int, default=1, help="gradient accumulation steps")
-    g.add_argument("--opt", default="adamw", help="adamw | adam | sgd | momentum")
+    g.add_argument("--opt", default="sgd", help="adamw | adam | sgd | momentum")
     g.add_argument("--opt_eps", type=float, default=1e-8, help="optimizer epsilon (Adam)")
     g.add_argument("--opt_betas", type=float, nargs="+", default=None, help="e.g. 0.9 0.999")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -118,12 +140,14 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--weight_decay",
         type=float,
-        default=0.05,
-        help="weight decay (not on biases, norms, prompt scales)",
+        default=1e-3,
+        help="weight decay (not on 1-D tensors, biases, pos_embed, cls_token)",
     )
     g.add_argument("--weight_decay_end", type=float, default=None, help="cosine wd target")
-    g.add_argument("--lr", type=float, default=1e-3, help="base lr per 256 samples")
-    g.add_argument("--layer_decay", type=float, default=0.75, help="layer-wise lr decay")
+    g.add_argument("--lr", type=float, default=0.1, help="base lr per 256 samples")
+    g.add_argument(
+        "--layer_decay", type=float, default=1.0, help="layer-wise lr decay (1.0: none)"
+    )
     g.add_argument(
         "--head_lr_scale",
         type=float,
@@ -131,25 +155,34 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
         help="lr multiplier for the classifier (fc_norm, head); e.g. 0.1 lets APT's prompts "
         "train at a high --lr while the head keeps a linear probe's lr (not in the reference)",
     )
-    g.add_argument("--warmup_lr", type=float, default=1e-6, help="lr at the start of warmup")
+    g.add_argument(
+        "--warmup_lr",
+        type=float,
+        default=None,
+        help="lr at the start of warmup, per 256 samples (default: warmup starts at 0, as in "
+        "the reference, whose schedule never reads this flag)",
+    )
     g.add_argument("--min_lr", type=float, default=1e-6, help="lr at the end of the cosine")
-    g.add_argument("--warmup_epochs", type=int, default=5, help="linear warmup epochs")
+    g.add_argument("--warmup_epochs", type=int, default=10, help="linear warmup epochs")
     g.add_argument("--warmup_steps", type=int, default=-1, help="overrides --warmup_epochs if >0")
     g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
-    g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0 = off)")
-    g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0 = off)")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
     g.add_argument(
         "--cutmix_minmax",
         type=float,
         nargs="+",
         default=None,
-        help="accepted for compatibility (box from --cutmix alpha)",
+        help="cutmix box side range as fractions of the frame, e.g. 0.2 0.8 (switches cutmix on; "
+        "the box then ignores --cutmix alpha)",
     )
-    g.add_argument("--mixup_prob", type=float, default=1.0, help="chance to mix a batch")
+    g.add_argument(
+        "--mixup_prob", type=float, default=0.0, help="chance to mix a batch (0: never)"
+    )
     g.add_argument(
         "--mixup_switch_prob",
         type=float,
-        default=0.5,
+        default=0.0,
         help="chance of cutmix instead of mixup when both are on",
     )
     g.add_argument("--mixup_mode", default="batch", choices=["batch"], help="one lambda per batch")
@@ -203,7 +236,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         default=[0.08, 1.0],
         help="area range of the train random resized crop (aptune extension)",
     )
-    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    g.add_argument("--reprob", type=float, default=0.0, help="random erasing probability")
     g.add_argument("--remode", default="pixel", help="random erasing fill: pixel|rand|const")
     g.add_argument("--recount", type=int, default=1, help="random erasing boxes per clip")
     g.add_argument("--resplit", action="store_true", default=False, help="accepted (unused)")
@@ -254,7 +287,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", default="", help="checkpoint folder to resume from")
     _bool_pair(g, "auto_resume", True, "resume from the newest complete checkpoint in output_dir")
     _bool_pair(g, "save_ckpt", True, "write checkpoints")
-    g.add_argument("--save_ckpt_freq", type=int, default=100, help="checkpoint every N epochs")
+    g.add_argument("--save_ckpt_freq", type=int, default=10, help="checkpoint every N epochs")
     g.add_argument(
         "--save_ckpt_steps",
         type=int,
@@ -296,7 +329,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--enable_deepspeed",
         action="store_true",
-        help="accepted: the built-in engine runs instead of DeepSpeed (logged)",
+        help="the reference's DeepSpeed recipe on the built-in engine: on a GPU fp16 autocast "
+        "with a dynamic loss scale from 2^7 growing every 128 clean steps (logged)",
     )
     g.add_argument("--zero_stage", type=int, default=0, help="accepted for compatibility")
     g.add_argument(
@@ -337,16 +371,27 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Parse flags with YAML defaults, then validate and fill in derived values."""
+    """Parse flags, then validate and fill in derived values.
+
+    Precedence, lowest first: the reference's defaults, the ``--recipe`` preset (from the
+    command line or the file), the ``--config`` file, the flags on the command line.
+    """
     pre, _ = parser.parse_known_args(argv)
+    values: dict[str, Any] = {}
     if pre.config:
         values = load_yaml(pre.config)
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"--config {pre.config}: unknown keys {', '.join(unknown)}")
-        parser.set_defaults(**values)
+    recipe = pre.recipe or values.get("recipe") or "reference"
+    try:
+        parser.set_defaults(**recipe_values(recipe, f"--config {pre.config}: recipe"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    parser.set_defaults(**values)
     args = parser.parse_args(argv)
+    args.recipe = recipe
     return finalize(args)
 
 
@@ -378,6 +423,14 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         )
     if args.opt_betas is not None and len(args.opt_betas) != 2:
         raise ConfigError(f"--opt_betas needs two numbers, got {args.opt_betas}")
+    for flag in ("drop", "attn_drop_rate", "drop_path", "fc_drop_rate"):
+        if not 0.0 <= getattr(args, flag) < 1.0:
+            raise ConfigError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    box = args.cutmix_minmax
+    if box is not None and (len(box) != 2 or not 0.0 < box[0] < box[1] <= 1.0):
+        raise ConfigError(
+            f"--cutmix_minmax needs two fractions 0 < MIN < MAX <= 1 of the frame side, got {box}"
+        )
     if args.save_ckpt_freq < 1:
         raise ConfigError(f"--save_ckpt_freq must be >= 1, got {args.save_ckpt_freq}")
     if args.save_ckpt_steps < 0:

@@ -50,8 +50,8 @@ def test_groups_apt_decay_membership():
         "head.weight",
         "kv_prompts.prompt_embeddings_k",
         "kv_prompts.prompt_embeddings_v",
+        "kv_prompts.prompt_scale",  # (L, 2, n): decays, as in the reference
     }
-    assert where["kv_prompts.prompt_scale"]["weight_decay"] == 0.0  # 3-D, still no decay
     assert where["fc_norm.weight"]["name"] == "no_decay"
     assert all(g["lr_scale"] == 1.0 for g in where.values())
 

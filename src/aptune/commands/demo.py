@@ -141,6 +141,7 @@ def train_flags(
         "--batch_size", str(BATCH_SIZE), "--epochs", str(scale.epochs), "--warmup_epochs", "1",
         "--crop_scale", "1.0", "1.0",  # 64-px clips: keep the whole frame (only jitter)
         "--lr", str(recipe.lr), "--min_lr", "1e-4", "--weight_decay", "1e-4",
+        "--warmup_lr", "1e-6", "--layer_decay", "0.75", "--batch_size_val", str(BATCH_SIZE),
         "--opt", "adamw", "--mixup", "0", "--cutmix", "0", "--reprob", "0",
         "--smoothing", "0.1", "--drop_path", "0", "--num_sample", "1",
         "--test_num_segment", "2", "--test_num_crop", "1",

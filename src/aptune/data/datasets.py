@@ -51,7 +51,7 @@ class DataConfig:
     test_num_crop: int = 3
     aa: str = "rand-m7-n4-mstd0.5-inc1"
     is_aa: bool = False  # RandAugment only with --is_aa, as in the APT reference
-    reprob: float = 0.25
+    reprob: float = 0.0
     remode: str = "pixel"
     recount: int = 1
     train_interpolation: str = "bicubic"

@@ -27,11 +27,12 @@ from aptune.build import build_model
 from aptune.config import method_options
 from aptune.data import DataConfig, DeviceAugment, build_dataset, collate_clips
 from aptune.engine.distributed import DistInfo
-from aptune.engine.loop import TrainStep, resolve_precision
+from aptune.engine.loop import Precision, TrainStep, resolve_precision
 from aptune.engine.mixup import VideoMixup, soft_target_cross_entropy
 from aptune.engine.optim import ModelEma, build_optimizer, cosine_schedule, scaled_lr
 from aptune.engine.preempt import ignore_in_workers
 from aptune.models.vit import VisionTransformer
+from aptune.recipes import mixup_active
 
 log = logging.getLogger("aptune")
 
@@ -236,10 +237,13 @@ def build_run_model(args: argparse.Namespace, info: DistInfo) -> VisionTransform
         input_size=args.input_size,
         tubelet_size=args.tubelet_size,
         drop_path=args.drop_path,
+        drop=args.drop,
+        attn_drop_rate=args.attn_drop_rate,
         fc_drop_rate=args.fc_drop_rate,
         init_scale=args.init_scale,
         checkpoint=args.finetune or None,
         model_key=args.model_key,
+        model_prefix=args.model_prefix,
         attn_impl="sdpa" if args.attn_impl == "auto" else args.attn_impl,  # auto: engine.speed
         cos_attn=args.cos_attn or None,  # None: on when the checkpoint has V2's attn.scale
         **method_options(args),
@@ -276,7 +280,10 @@ def build_train_step(
     world = info.world_size
     lr = scaled_lr(args.lr, args.batch_size, args.update_freq, world)
     min_lr = scaled_lr(args.min_lr, args.batch_size, args.update_freq, world)
-    warmup_lr = scaled_lr(args.warmup_lr, args.batch_size, args.update_freq, world)
+    # the reference builds its schedule without --warmup_lr: warmup starts at 0 unless given
+    warmup_lr = 0.0
+    if args.warmup_lr is not None:
+        warmup_lr = scaled_lr(args.warmup_lr, args.batch_size, args.update_freq, world)
     layer_decay = args.layer_decay if trains_backbone(model) else None
     optimizer = build_optimizer(
         model,
@@ -294,16 +301,16 @@ def build_train_step(
     )
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
     wd_values = cosine_schedule(args.weight_decay, wd_end, args.epochs, steps)
-    precision = resolve_precision(args.precision, info.device)
-    scaler = torch.amp.GradScaler("cuda") if precision.name == "fp16" else None
+    precision = run_precision(args, info.device)
+    scaler = build_scaler(precision, args.enable_deepspeed)
     ema = None
     if args.model_ema:
         ema = ModelEma(model, decay=args.model_ema_decay)
     mixup = None
-    if (args.mixup > 0 or args.cutmix > 0) and args.mixup_prob > 0:
+    if mixup_active(args):  # soft targets even where mixup_prob 0 never mixes, as there
         mixup = VideoMixup(
             args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob,
-            args.smoothing, args.nb_classes,
+            args.smoothing, args.nb_classes, cutmix_minmax=args.cutmix_minmax,
         )  # fmt: skip
 
     def criterion(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -325,6 +332,24 @@ def build_train_step(
         soft_criterion=soft_target_cross_entropy,
         max_steps=args.max_steps_per_epoch,
     )
+
+
+def run_precision(args: argparse.Namespace, device: torch.device) -> Precision:
+    """``--precision``, except that ``--enable_deepspeed`` with ``auto`` on a GPU trains in
+    fp16 as the reference's DeepSpeed config does."""
+    if args.enable_deepspeed and args.precision == "auto" and device.type == "cuda":
+        return resolve_precision("fp16", device)
+    return resolve_precision(args.precision, device)
+
+
+def build_scaler(precision: Precision, deepspeed: bool) -> torch.amp.GradScaler | None:
+    """fp16's loss scaler; under ``--enable_deepspeed`` the reference's dynamic scale:
+    2^7 at the start, doubled after 128 steps without an overflow."""
+    if precision.name != "fp16":
+        return None
+    if deepspeed:
+        return torch.amp.GradScaler("cuda", init_scale=2.0**7, growth_interval=128)
+    return torch.amp.GradScaler("cuda")
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:

@@ -18,7 +18,12 @@ def one_hot_smooth(labels: torch.Tensor, num_classes: int, smoothing: float) -> 
 
 
 class VideoMixup:
-    """Batch-mode mixup/cutmix with the reference's switches and probabilities."""
+    """Batch-mode mixup/cutmix with the reference's switches and probabilities.
+
+    ``cutmix_minmax = (lo, hi)`` draws the box sides as uniform fractions of the frame in
+    [lo, hi) and places the box wholly inside it (timm's rule); cutmix is then on with
+    alpha 1 whatever ``cutmix_alpha`` says, and lambda is the area actually kept.
+    """
 
     def __init__(
         self,
@@ -29,7 +34,11 @@ class VideoMixup:
         label_smoothing: float = 0.1,
         num_classes: int = 1000,
         rng: np.random.Generator | None = None,
+        cutmix_minmax: tuple[float, float] | list[float] | None = None,
     ) -> None:
+        self.cutmix_minmax = tuple(cutmix_minmax) if cutmix_minmax is not None else None
+        if self.cutmix_minmax is not None:
+            cutmix_alpha = 1.0
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.prob, self.switch_prob = prob, switch_prob
         self.smoothing, self.num_classes = label_smoothing, num_classes
@@ -48,6 +57,23 @@ class VideoMixup:
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
         return float(self.rng.beta(alpha, alpha)), use_cutmix
 
+    def _box(self, H: int, W: int, lam: float) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) of the pasted region: sized by lambda and centred anywhere
+        (clipped at the borders), or sized within ``cutmix_minmax`` and wholly inside."""
+        if self.cutmix_minmax is not None:
+            lo, hi = self.cutmix_minmax
+            ch = int(self.rng.integers(int(H * lo), max(int(H * hi), int(H * lo) + 1)))
+            cw = int(self.rng.integers(int(W * lo), max(int(W * hi), int(W * lo) + 1)))
+            y0 = int(self.rng.integers(0, max(H - ch, 1)))
+            x0 = int(self.rng.integers(0, max(W - cw, 1)))
+            return y0, y0 + ch, x0, x0 + cw
+        cut = np.sqrt(1.0 - lam)
+        ch, cw = int(H * cut), int(W * cut)
+        cy, cx = int(self.rng.integers(H)), int(self.rng.integers(W))
+        y0, y1 = np.clip(cy - ch // 2, 0, H), np.clip(cy + ch // 2, 0, H)
+        x0, x1 = np.clip(cx - cw // 2, 0, W), np.clip(cx + cw // 2, 0, W)
+        return int(y0), int(y1), int(x0), int(x1)
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, T, H, W), y: (B,) -> mixed x and soft targets (B, classes)."""
         lam, use_cutmix = self._params()
@@ -55,11 +81,7 @@ class VideoMixup:
             flipped = x.flip(0)
             if use_cutmix:
                 H, W = x.shape[-2:]
-                cut = np.sqrt(1.0 - lam)
-                ch, cw = int(H * cut), int(W * cut)
-                cy, cx = int(self.rng.integers(H)), int(self.rng.integers(W))
-                y0, y1 = np.clip(cy - ch // 2, 0, H), np.clip(cy + ch // 2, 0, H)
-                x0, x1 = np.clip(cx - cw // 2, 0, W), np.clip(cx + cw // 2, 0, W)
+                y0, y1, x0, x1 = self._box(H, W, lam)
                 x = x.clone()
                 x[..., y0:y1, x0:x1] = flipped[..., y0:y1, x0:x1]
                 lam = 1.0 - float((y1 - y0) * (x1 - x0)) / (H * W)  # the area actually cut

@@ -2,8 +2,10 @@
 
 The behaviour to match is the reference's (VideoMAE ``optim_factory`` + ``utils``):
 
-* weight decay only on >= 2-D weights; biases, norms, 1-D tensors, ``pos_embed``, APT's
-  ``prompt_scale`` and the model's ``no_weight_decay()`` names get none;
+* no weight decay for a tensor that is 1-D, whose name ends in ``.bias``, or that the
+  model's ``no_weight_decay()`` names (``pos_embed``, ``cls_token``, V2's logit scales);
+  every other trainable tensor decays, APT's prompts and ``prompt_scale`` (L, 2, n)
+  included;
 * layer-wise lr decay: ``lr_scale = layer_decay ** (num_layers + 1 - layer_id)``, with
   ``patch_embed`` at layer 0, ``blocks.i`` at ``i + 1`` and everything else (head,
   ``fc_norm``, ``kv_prompts``) at ``num_layers + 1`` (scale 1);
@@ -29,12 +31,11 @@ import torch
 from torch import nn
 
 from aptune.engine.distributed import unwrap
-from aptune.tuning.base import is_bias_or_norm
 
 log = logging.getLogger("aptune")
 
-#: names (leaf or full) that never get weight decay, besides biases / norms / 1-D tensors
-NO_DECAY_LEAVES = ("bias", "q_bias", "v_bias", "prompt_scale", "pos_embed", "cls_token")
+#: top-level names that never get weight decay (the reference model's no_weight_decay())
+NO_DECAY_NAMES = ("pos_embed", "cls_token")
 #: names assigned to layer 0 (the input side) in layer decay
 EMBED_NAMES = ("patch_embed", "pos_embed", "cls_token", "mask_token")
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum")
@@ -65,15 +66,9 @@ def layer_id_for(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def _is_no_decay(model: nn.Module, name: str, param: torch.Tensor, skip: set[str]) -> bool:
-    leaf = name.rsplit(".", 1)[-1]
-    return (
-        param.ndim <= 1
-        or name in skip
-        or leaf in NO_DECAY_LEAVES
-        or name.endswith(".bias")
-        or is_bias_or_norm(model, name)
-    )
+def _is_no_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
+    """The reference's rule, exactly: 1-D, ``.bias`` or in the skip set."""
+    return param.ndim == 1 or name.endswith(".bias") or name in skip
 
 
 def param_groups(
@@ -94,7 +89,7 @@ def param_groups(
     often want a far larger lr than the linear head on top of them.
     """
     model = unwrap(model)
-    skip = set(no_decay_names)
+    skip = set(no_decay_names) | set(NO_DECAY_NAMES)
     if hasattr(model, "no_weight_decay"):
         skip |= set(model.no_weight_decay())
     num_layers = num_layers_of(model)
@@ -103,7 +98,7 @@ def param_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = _is_no_decay(model, name, param, skip)
+        no_decay = _is_no_decay(name, param, skip)
         kind = "no_decay" if no_decay else "decay"
         if use_ld:
             layer_id = layer_id_for(name, num_layers)

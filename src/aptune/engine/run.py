@@ -49,7 +49,6 @@ from aptune.engine.loop import (
     EpochStats,
     Precision,
     predict_views,
-    resolve_precision,
     train_one_epoch,
 )
 from aptune.engine.metrics import EvalResult, evaluate_probs, merge_views, write_predictions
@@ -57,6 +56,7 @@ from aptune.engine.preempt import StopSignals, exit_code
 from aptune.engine.report_html import write_report
 from aptune.engine.reports import RunLogger, write_final_reports
 from aptune.engine.speed import prepare_model_for_speed
+from aptune.recipes import inert_flag_notes, recipe_summary
 from aptune.tuning import parameter_report
 
 log = logging.getLogger("aptune")
@@ -174,13 +174,26 @@ def _stop(signum: int, folder: Path | None, info: DistInfo) -> SystemExit:
     return SystemExit(exit_code(signum))
 
 
+def _log_recipe(args: argparse.Namespace, info: DistInfo) -> None:
+    """What will be trained, value by value, and every flag that changes nothing."""
+    log.info("%s", recipe_summary(args))
+    for note in inert_flag_notes(args):
+        log.warning("%s", note)
+    if args.enable_deepspeed:
+        how = ("fp16 autocast, loss scale 2^7 doubling after 128 clean steps"
+               if info.device.type == "cuda" and args.precision == "auto"
+               else f"--precision {args.precision}")  # fmt: skip
+        clip = f"--clip_grad {args.clip_grad}" if args.clip_grad else "no gradient clipping"
+        log.info("--enable_deepspeed: DeepSpeed is not used; the built-in engine trains its "
+                 "recipe (DDP, %s, %s)", how, clip)  # fmt: skip
+
+
 def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(args, out)
-    if args.enable_deepspeed:
-        log.info("--enable_deepspeed: DeepSpeed is not used; aptune's built-in engine runs "
-                 "the same recipe (DDP + autocast)")  # fmt: skip
+    if info.is_main:
+        _log_recipe(args, info)
     T.seed_everything(args.seed + info.rank)
     splits = ("train",) + (() if args.disable_eval_during_finetuning else ("val",)) + ("test",)
     on_device = T.augments_on_device(args, info.device)
@@ -190,7 +203,7 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
         (out / "classes.txt").write_text("\n".join(names) + "\n")
     model = T.build_run_model(args, info)
     report = parameter_report(model)
-    precision = resolve_precision(args.precision, info.device)
+    precision = T.run_precision(args, info.device)
     if info.is_main:
         log.info("model %s, transfer_type %s, precision %s, %d process(es) on %s\n%s",
                  args.model, args.transfer_type, precision.name, info.world_size,
@@ -351,7 +364,7 @@ def _test_all_views(args: argparse.Namespace, model, info: DistInfo):
     """(result on rank 0 or None, test dataset): every test view of the run's test list."""
     ds = T.build_datasets(args, ("test",))["test"]
     loader = T.EpochLoader(ds, args, info, train=False)
-    precision = resolve_precision(args.precision, info.device)
+    precision = T.run_precision(args, info.device)
     model = prepare_model_for_speed(model, args, info, precision, train=False)
     return evaluate_split(model, loader, info, precision, args, "test"), ds
 

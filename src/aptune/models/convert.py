@@ -100,6 +100,23 @@ def _strip_common(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("backbone."): v for k, v in raw.items()}
 
 
+def select_prefix(raw: dict[str, torch.Tensor], prefix: str, where: str) -> dict[str, torch.Tensor]:
+    """``--model_prefix``: the keys under ``prefix``, with it removed; others are left out.
+
+    The reference matches the model's names with the prefix put in front, so keys outside
+    it never load; none under it at all is an error instead of a silently fresh model.
+    """
+    if not prefix:
+        return raw
+    out = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+    if not out:
+        raise CheckpointError(
+            f"{where}: no key starts with --model_prefix {prefix!r} (first keys: "
+            f"{_preview(sorted(raw), 4)}); pass the prefix these keys have, or none"
+        )
+    return out
+
+
 def uses_cos_attn(raw: dict[str, torch.Tensor]) -> bool:
     """True for a VideoMAE V2 checkpoint with cosine attention (``blocks.N.attn.scale``)."""
     return any(k.endswith("attn.scale") for k in raw)

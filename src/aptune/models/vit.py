@@ -95,6 +95,8 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         attn_impl: AttnImpl = "sdpa",
         cos_attn: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -114,7 +116,9 @@ class Attention(nn.Module):
         else:
             self.q_bias = self.v_bias = None
         self.qkv_delta: nn.Module | None = None  # LoRA hook: adds to the qkv projection
+        self.attn_drop = attn_drop  # dropout on the probabilities: SDPA's dropout_p
         self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
 
     def forward(
         self, x: torch.Tensor, extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -144,7 +148,11 @@ class Attention(nn.Module):
         prompts_only = extra is not None and not (
             q.requires_grad or k.requires_grad or v.requires_grad
         )
-        if self.attn_impl == "recompute" or (self.attn_impl == "sdpa" and prompts_only):
+        p_drop = self.attn_drop if self.training else 0.0
+        if p_drop > 0:  # only SDPA drops probabilities; aptune's kernels have no dropout
+            k, v = append_kv(k, v, extra)  # (B, h, N+M, d)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, scale=scale)
+        elif self.attn_impl == "recompute" or (self.attn_impl == "sdpa" and prompts_only):
             # SDPA's forward and saved set; a GEMM-speed backward that, where only the
             # prompts need a gradient (the first APT block), works on their rows alone
             out = recompute_attention(q, k, v, explicit, extra)
@@ -155,7 +163,7 @@ class Attention(nn.Module):
             else:  # scores (B, h, N, N+M) kept for backward; row-major matmuls
                 out = plain_attention(q, k, v, explicit)  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(B, N, D)
-        return self.proj(out)
+        return self.proj_drop(self.proj(out))
 
 
 def check_attn_impl(impl: str) -> None:
@@ -165,14 +173,17 @@ def check_attn_impl(impl: str) -> None:
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
+    """fc1 -> GELU -> fc2 -> dropout (VideoMAE drops after fc2 only, not after the GELU)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
 class Block(nn.Module):
@@ -189,13 +200,15 @@ class Block(nn.Module):
         attn_impl: AttnImpl = "sdpa",
         norm_eps: float = LN_EPS,
         cos_attn: bool = False,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_impl, cos_attn)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_impl, cos_attn, attn_drop, drop)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         if init_values:
             self.gamma_1 = nn.Parameter(init_values * torch.ones(dim))
             self.gamma_2 = nn.Parameter(init_values * torch.ones(dim))
@@ -230,6 +243,8 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         fc_drop_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         init_values: float | None = None,
         init_scale: float = 0.001,
@@ -250,19 +265,11 @@ class VisionTransformer(nn.Module):
         self.register_buffer(
             "pos_embed", sinusoid_table(self.patch_embed.num_patches, embed_dim), persistent=False
         )
+        self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule
         self.blocks = nn.ModuleList(
-            Block(
-                embed_dim,
-                num_heads,
-                mlp_ratio,
-                qkv_bias,
-                rates[i],
-                init_values,
-                attn_impl,
-                norm_eps,
-                cos_attn,
-            )  # fmt: skip
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i], init_values, attn_impl,
+                  norm_eps, cos_attn, drop_rate, attn_drop_rate)  # fmt: skip
             for i in range(depth)
         )
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
@@ -330,7 +337,7 @@ class VisionTransformer(nn.Module):
         frozen = self.no_grad_prefix() if torch.is_grad_enabled() else 0
         with torch.no_grad() if frozen else contextlib.nullcontext():
             x = self.patch_embed(x)  # (B, N, D)
-            x = x + self.pos_embed.to(dtype=x.dtype)
+            x = self.pos_drop(x + self.pos_embed.to(dtype=x.dtype))
             x = self._run_blocks(x, 0, frozen)
         x = self._run_blocks(x, frozen, self.depth)
         if self.seq_prompts is not None:
@@ -391,6 +398,8 @@ def create_vit(
     init_scale: float = 0.001,
     init_values: float | None = None,
     attn_impl: AttnImpl = "sdpa",
+    drop: float = 0.0,
+    attn_drop_rate: float = 0.0,
     **overrides: Any,
 ) -> VisionTransformer:
     """Build a named VideoMAE ViT; ``overrides`` may change any constructor argument
@@ -402,6 +411,8 @@ def create_vit(
         num_frames=num_frames,
         tubelet_size=tubelet_size,
         drop_path_rate=drop_path,
+        drop_rate=drop,
+        attn_drop_rate=attn_drop_rate,
         fc_drop_rate=fc_drop_rate,
         init_scale=init_scale,
         init_values=init_values,
