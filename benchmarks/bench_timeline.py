@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aptune.cli.train import parse_train_args
 from aptune.commands.timeline import WindowStream, plan_windows, window_probs
-from aptune.config import build_train_parser, finalize
 from aptune.data import open_video
 from aptune.data.synthetic import make_clip, write_video
 from aptune.engine.builders import build_run_model
@@ -59,16 +59,17 @@ def tiny_run() -> TrainedRun:
     argv = ["--model", "vit_nano", "--nb_classes", "10", "--num_frames", "16", "--input_size",
             "112", "--short_side_size", "128", "--test_num_crop", "3",
             "--transfer_type", "end2end"]  # fmt: skip
-    args = finalize(build_train_parser().parse_args(argv))
+    cfg = parse_train_args(argv)
     dev = torch.device("cpu")
-    model = build_run_model(args, DistInfo(device=dev)).eval()
-    return TrainedRun(args, model, [str(i) for i in range(10)], "last", dev)
+    model = build_run_model(cfg, DistInfo(device=dev)).eval()
+    return TrainedRun(cfg, model, [str(i) for i in range(10)], "last", dev)
 
 
 def windows_per_s(trained: TrainedRun, video: Path, batch: int, stride: float) -> float:
-    a = trained.args
+    c = trained.config
     with open_video(video, "pyav") as reader:
-        wins = plan_windows(reader.num_frames, reader.fps, a.num_frames, a.sampling_rate, stride)
+        wins = plan_windows(reader.num_frames, reader.fps, c.model.num_frames,
+                            c.data.sampling_rate, stride)  # fmt: skip
         start = time.perf_counter()
         n = sum(1 for _ in window_probs(trained, WindowStream(reader, wins), batch,
                                          Precision("fp32", "cpu"), progress=False))  # fmt: skip

@@ -1,34 +1,40 @@
-"""Reference flags, YAML config files and the launchers' local-rank spellings."""
+"""The typed run configuration: flags, YAML files, sections, the launchers' local-rank spellings."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import yaml
 
-from aptune.config import ConfigError, build_train_parser, parse_args, save_config
+import aptune
+from aptune.cli.train import build_train_parser, parse_train_args
+from aptune.config import SECTIONS, ConfigError, RunConfig, save_config
+from aptune.engine import builders as T
+from aptune.engine.distributed import DistInfo
 
 
 def parse(argv):
-    return parse_args(argv, build_train_parser())
+    return parse_train_args(argv)
 
 
 @pytest.mark.parametrize("argv", [["--local-rank=1"], ["--local_rank", "1"], ["--local-rank", "1"]])
 def test_every_local_rank_spelling(argv):
-    assert parse(argv).local_rank == 1
+    assert parse(argv).job.local_rank == 1
 
 
 def test_switches_and_their_negations():
     a = parse([])  # every default against the reference's: tests/test_recipe.py
-    assert a.auto_resume and a.pin_mem and a.save_ckpt
+    assert a.job.auto_resume and a.data.pin_mem and a.job.save_ckpt
     b = parse(["--no_auto_resume", "--no_pin_mem", "--opt_betas", "0.9", "0.999"])
-    assert not b.auto_resume and not b.pin_mem and b.opt_betas == [0.9, 0.999]
+    assert not b.job.auto_resume and not b.data.pin_mem and b.optim.opt_betas == [0.9, 0.999]
 
 
 def test_yaml_sets_defaults_and_flags_override(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"lr": 0.05, "prompt_num_tokens": 400, "data_set": "SSV2"}))
     a = parse(["--config", str(cfg), "--lr", "0.01"])
-    assert (a.lr, a.prompt_num_tokens, a.data_set) == (0.01, 400, "SSV2")
+    assert (a.optim.lr, a.methods["prompt_num_tokens"], a.data.data_set) == (0.01, 400, "SSV2")
     saved = yaml.safe_load(save_config(a, tmp_path / "out").read_text())
     assert saved["lr"] == 0.01 and saved["prompt_num_tokens"] == 400 and "config" not in saved
 
@@ -51,12 +57,11 @@ def test_bad_values_name_the_flag():
         parse(["--input_size", "200"])
     with pytest.raises(SystemExit):
         parse(["--data_set", "KINETICS"])
+    with pytest.raises(ConfigError, match="--batch_size must be >= 1, got 0"):
+        RunConfig.from_values({"batch_size": 0})
 
 
 def test_every_method_option_is_a_train_flag_that_reaches_the_method():
-    import dataclasses
-
-    from aptune.config import method_options
     from aptune.tuning import METHODS
 
     dests = {a.dest for a in build_train_parser()._actions}
@@ -65,4 +70,47 @@ def test_every_method_option_is_a_train_flag_that_reaches_the_method():
             if cfg.flag_prefix():
                 assert cfg.flag_prefix() + f.name in dests, (cfg.name, f.name)
     args = parse(["--transfer_type", "adapter+lora", "--adapter_layers", "0-1", "--lora_rank", "2"])
-    assert method_options(args) | {"adapter_layers": "0-1", "lora_rank": 2} == method_options(args)
+    options = args.method_options()
+    assert (options["adapter_layers"], options["lora_rank"]) == ("0-1", 2)
+    model = T.build_run_model(args.replace(model="vit_nano", num_frames=4, input_size=32),
+                              DistInfo())  # fmt: skip
+    assert all(m.lora_A.shape[0] == 2 for m in model.blocks[0].attn.qkv_delta.lora.values())
+
+
+def test_python_users_build_a_config_without_a_command_line(tmp_path):
+    cfg = RunConfig.from_values({"optim": {"lr": 0.5}, "nb_classes": 3, "lora_rank": 4})
+    assert (cfg.optim.lr, cfg.data.nb_classes, cfg.methods["lora_rank"]) == (0.5, 3, 4)
+    assert cfg.optim.opt == "sgd"  # the rest: the reference's defaults
+    assert aptune.RunConfig is RunConfig and callable(aptune.train)
+    with pytest.raises(ConfigError, match="unknown keys learning_rate"):
+        RunConfig.from_values({"learning_rate": 1})
+    with pytest.raises(ValueError, match="lora_rank must be int"):
+        RunConfig.from_values({"lora_rank": "four"})
+
+
+def test_yaml_round_trip_is_exact_and_sectioned_files_load(tmp_path):
+    cfg = parse(["--lr", "0.05", "--crop_scale", "0.5", "1", "--lora_rank", "8", "--bf16"])
+    again = RunConfig.from_yaml(cfg.to_yaml(tmp_path / "c.yaml"))
+    assert again.to_dict() == cfg.to_dict() and again.optim.precision == "bf16"
+    (tmp_path / "s.yaml").write_text("optim:\n  lr: 2\nmodel:\n  model: vit_small\n")
+    sectioned = RunConfig.from_yaml(tmp_path / "s.yaml")
+    assert sectioned.optim.lr == 2.0 and isinstance(sectioned.optim.lr, float)
+    assert sectioned.model.model == "vit_small"
+    assert cfg.replace(lr=0.2).optim.lr == 0.2 and cfg.optim.lr == 0.05
+
+
+def test_a_config_yaml_written_before_the_typed_config_still_loads(tmp_path):
+    """A run folder's config.yaml of the argparse era: every flag, flat, sorted."""
+    old = {k: v for k, v in RunConfig().to_dict().items() if k != "recipe"}
+    old.update(batch_size=64, lr=1e-3, opt="adamw", mixup=0.8, drop_path=0.1, warmup_lr=1e-6,
+               prompt_start=0, prompt_num_tokens=2, vpt_num_tokens=None)  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    cfg = RunConfig.from_yaml(tmp_path / "config.yaml")
+    assert (cfg.optim.batch_size, cfg.optim.opt, cfg.optim.mixup) == (64, "adamw", 0.8)
+    assert cfg.methods["prompt_num_tokens"] == 2 and cfg.optim.recipe == "reference"
+
+
+def test_every_option_is_in_exactly_one_section_and_has_help():
+    names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names))
+    assert all(f.metadata.get("help") for cls in SECTIONS.values() for f in dataclasses.fields(cls))

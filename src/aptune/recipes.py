@@ -7,7 +7,6 @@ a ``--config`` file and flags on the command line still override them, in that o
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 #: name -> the flag values it sets. ``reference`` sets nothing: the defaults are its values.
@@ -62,23 +61,24 @@ def recipe_values(name: str, where: str = "--recipe") -> dict[str, Any]:
     return dict(RECIPES[name])
 
 
-def inert_flag_notes(args: argparse.Namespace) -> list[str]:
-    """One line per inert flag given a value other than the reference's default."""
+def inert_flag_notes(values: dict[str, Any]) -> list[str]:
+    """One line per inert flag of ``values`` (a run's flat options) that is not the
+    reference's default."""
     notes = []
     for flag, (default, why) in INERT_FLAGS.items():
-        value = getattr(args, flag, default)
+        value = values.get(flag, default)
         if value != default:
             notes.append(f"--{flag} {value} has no effect: {why}")
     return notes
 
 
-def recipe_summary(args: argparse.Namespace) -> str:
+def recipe_summary(values: dict[str, Any]) -> str:
     """``recipe NAME: opt=sgd lr=0.1 ...``: every value that shapes training, for the log."""
-    values = " ".join(f"{k}={getattr(args, k)}" for k in RECIPE_FLAGS if hasattr(args, k))
-    mix = "on" if mixup_active(args) else "off (loss: label-smoothed cross-entropy)"
-    return f"recipe {getattr(args, 'recipe', 'reference')}: {values}; mixup/cutmix {mix}"
+    shown = " ".join(f"{k}={values[k]}" for k in RECIPE_FLAGS if k in values)
+    mix = "on" if mixup_active(values) else "off (loss: label-smoothed cross-entropy)"
+    return f"recipe {values.get('recipe', 'reference')}: {shown}; mixup/cutmix {mix}"
 
 
-def mixup_active(args: argparse.Namespace) -> bool:
+def mixup_active(values: dict[str, Any]) -> bool:
     """The reference's rule: mixup or cutmix alpha > 0, or a cutmix box range given."""
-    return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    return values["mixup"] > 0 or values["cutmix"] > 0 or values["cutmix_minmax"] is not None

@@ -118,9 +118,9 @@ def test_dataset_with_cache_gives_the_same_clips(tmp_path, action_data, count_de
 
 
 def test_train_flag_reaches_the_dataset(tmp_path):
-    from aptune.config import build_train_parser, parse_args
+    from aptune.cli.train import parse_train_args
     from aptune.engine.builders import data_config
 
-    args = parse_args(["--decode_cache", str(tmp_path / "c")], build_train_parser())
+    args = parse_train_args(["--decode_cache", str(tmp_path / "c")])
     assert data_config(args).decode_cache == str(tmp_path / "c")
-    assert data_config(parse_args([], build_train_parser())).decode_cache is None
+    assert data_config(parse_train_args([])).decode_cache is None

@@ -15,6 +15,7 @@ import torch
 from engine_support import apt_flags, assert_same_weights
 
 from aptune.cli import main
+from aptune.config import RunConfig
 from aptune.engine import builders
 
 
@@ -55,8 +56,8 @@ def test_aug_device_cuda_without_a_gpu_is_a_one_line_error(square_data, tmp_path
 
 
 def test_auto_means_the_training_device():
-    args = type("A", (), {"aug_device": "auto"})()
+    args = RunConfig.from_values({"aug_device": "auto"})
     assert builders.augments_on_device(args, torch.device("cuda", 0))
     assert not builders.augments_on_device(args, torch.device("cpu"))
-    args.aug_device = "cpu"
+    args.data.aug_device = "cpu"
     assert not builders.augments_on_device(args, torch.device("cuda", 0))

@@ -25,7 +25,7 @@ from aptune.engine.checkpoint import (
 )
 from aptune.engine.integrity import status
 from aptune.engine.optim import build_optimizer
-from aptune.engine.run import load_run
+from aptune.engine.run import run_checkpoint
 
 
 def nano() -> torch.nn.Module:
@@ -78,7 +78,7 @@ def test_load_run_and_info_verify(trained_run, tmp_path, capsys):
     shutil.copytree(trained_run, run)
     newest = sorted(run.glob("checkpoint-0*"))[-1]
     flip_a_byte(newest / "model.safetensors")
-    _, folder = load_run(run, "last")  # eval and predict load through load_run
+    _, folder = run_checkpoint(run, "last")  # eval and predict load through it
     assert folder != newest and folder.name.startswith("checkpoint-0")
     assert main(["info", str(run)]) == 0
     out = capsys.readouterr().out

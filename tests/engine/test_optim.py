@@ -185,14 +185,14 @@ def test_head_lr_scale_moves_only_the_classifier():
 
 
 def test_head_lr_scale_flag_reaches_the_optimizer():
-    from aptune.config import build_train_parser, finalize, parse_args
+    from aptune.cli.train import parse_train_args
     from aptune.engine.builders import build_train_step
     from aptune.engine.distributed import DistInfo
 
-    assert parse_args([], build_train_parser()).head_lr_scale == 1.0
+    assert parse_train_args([]).optim.head_lr_scale == 1.0
     argv = ["--head_lr_scale", "0.25", "--lr", "2.56", "--batch_size", "1", "--mixup", "0",
             "--cutmix", "0", "--epochs", "1", "--warmup_epochs", "0"]  # fmt: skip
-    args = finalize(parse_args(argv, build_train_parser()))
+    args = parse_train_args(argv)
     model = nano(prompt_reparam=True)
     step = build_train_step(args, model, model, DistInfo(), steps=4)
     where = membership(step.optimizer.param_groups, model)

@@ -220,13 +220,13 @@ def test_sharded_safetensors_repo_fetches_every_shard(hub, tmp_path: Path) -> No
 
 def test_finetune_flag_takes_a_hub_id(hub) -> None:
     """``aptune train --finetune ORG/NAME``: nothing before build_model rejects the id."""
-    from aptune.config import build_train_parser, parse_args
+    from aptune.cli.train import parse_train_args
     from aptune.engine.builders import build_run_model
     from aptune.engine.distributed import DistInfo
 
     argv = "--finetune hf://ORG/NAME@v1 --nb_classes 5 --transfer_type linear --drop_path 0"
     argv += " --num_frames 4 --input_size 32"
-    args = parse_args(argv.split(), build_train_parser())
+    args = parse_train_args(argv.split())
     model = build_run_model(args, DistInfo()).eval()
     torch.testing.assert_close(_logits(model, X), _hf_logits(hub[1]["v1"], X))
 

@@ -45,9 +45,9 @@ def require_export_extra() -> None:
 
 def example_input(trained: TrainedRun, batch: int, seed: int = 0) -> torch.Tensor:
     """A random normalised batch (B, 3, T, S, S) of the run's clip size."""
-    a = trained.args
+    m = trained.config.model
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, a.num_frames, a.input_size, a.input_size, generator=gen)
+    return torch.randn(batch, 3, m.num_frames, m.input_size, m.input_size, generator=gen)
 
 
 def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -121,36 +121,36 @@ def check_torchscript(path: Path, model: torch.nn.Module, x: torch.Tensor) -> fl
 
 def sidecar(trained: TrainedRun, fmt: str, run: Path, max_rel_error: float) -> dict:
     """What a user needs to feed the exported model (written as PATH.json)."""
-    a = trained.args
+    c = trained.config
     return {
         "format": fmt,
         "input": {
             "name": "clips",
-            "shape": ["batch", 3, a.num_frames, a.input_size, a.input_size],
+            "shape": ["batch", 3, c.model.num_frames, c.model.input_size, c.model.input_size],
             "dtype": "float32",
             "layout": "(batch, channels RGB, frames, height, width)",
         },
         "output": {
             "name": "logits",
-            "shape": ["batch", a.nb_classes],
+            "shape": ["batch", c.data.nb_classes],
             "note": "softmax over the last axis gives class probabilities",
         },
-        "num_frames": a.num_frames,
-        "sampling_rate": a.sampling_rate,
-        "sampling": sampling_mode(a.data_set, a.sampling),
-        "input_size": a.input_size,
-        "short_side_size": max(a.short_side_size, a.input_size),
+        "num_frames": c.model.num_frames,
+        "sampling_rate": c.data.sampling_rate,
+        "sampling": sampling_mode(c.data.data_set, c.data.sampling),
+        "input_size": c.model.input_size,
+        "short_side_size": max(c.data.short_side_size, c.model.input_size),
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "pixel_scale": "pixels / 255, then (x - mean) / std per channel",
         "test_views": {
-            "segments": a.test_num_segment,
-            "crops": a.test_num_crop,
+            "segments": c.data.test_num_segment,
+            "crops": c.data.test_num_crop,
             "merge": "mean of the views' softmax",
         },
         "class_names": trained.class_names,
-        "model": a.model,
-        "transfer_type": a.transfer_type,
+        "model": c.model.model,
+        "transfer_type": c.model.transfer_type,
         "run": str(run),
         "checkpoint": trained.which,
         "check": {"max_relative_error": max_rel_error, "tolerance": TOLERANCE},

@@ -13,13 +13,10 @@ and listed in the metadata's ``failed``; it is never silently dropped.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import shlex
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -28,11 +25,12 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from aptune.config import RunConfig
 from aptune.data import VideoClipDataset, VideoDecodeError
 from aptune.data.errors import DataError
 from aptune.data.lists import VideoEntry
 from aptune.engine.loop import Precision
-from aptune.engine.trained import TrainedRun, open_run
+from aptune.engine.trained import TrainedRun
 
 log = logging.getLogger("aptune")
 
@@ -72,18 +70,14 @@ def read_list(path: str) -> list[str]:
     return videos
 
 
-def model_from_flags(model: str, finetune: str, flags: str, device: torch.device) -> TrainedRun:
-    """``--model NAME --finetune CKPT [--flags "..."]``: a model that is not an aptune run."""
-    from aptune.config import build_train_parser, finalize
+def model_from_config(cfg: RunConfig, device: torch.device) -> TrainedRun:
+    """A model that is not an aptune run (``--model NAME --finetune CKPT``), as a run."""
     from aptune.engine.builders import build_run_model
     from aptune.engine.distributed import DistInfo
 
-    # the whole checkpoint is the model unless --flags names a method (a later flag wins)
-    argv = ["--model", model, "--finetune", finetune, "--transfer_type", "end2end"]
-    argv += shlex.split(flags or "")
-    args = finalize(build_train_parser().parse_args(argv))
-    net = build_run_model(args, DistInfo(device=device)).eval()
-    return TrainedRun(args, net, [str(i) for i in range(args.nb_classes)], "finetune", device)
+    net = build_run_model(cfg, DistInfo(device=device)).eval()
+    names = [str(i) for i in range(cfg.data.nb_classes)]
+    return TrainedRun(cfg, net, names, "finetune", device)
 
 
 class Extractor:
@@ -192,7 +186,7 @@ def extract_features(
     precision = Precision("bf16" if bf16 else "fp32", trained.device.type)
     extract = Extractor(trained, tokens, precision)
     views = trained.views_per_video
-    batch_videos = max(1, (batch_size or trained.args.batch_size_val) // views)
+    batch_videos = max(1, (batch_size or trained.config.optim.batch_size_val) // views)
     bar = tqdm(total=len(videos), desc="extract", unit="video", disable=None if progress else True)
     try:
         for n, lo in enumerate(range(0, len(videos), chunk)):
@@ -230,16 +224,16 @@ def _merge_parts(
     if not len(index):
         shutil.rmtree(parts_dir)
         raise DataError(f"no video could be read ({len(failed)} unreadable); nothing written")
-    args = trained.args
+    c = trained.config
     meta = {
         "paths": json.dumps([videos[int(i)] for i in index]),
         "failed": json.dumps(failed),
         "class_names": json.dumps(trained.class_names),
         "features": "fc_norm output (the head's input), mean over the test views",
         "probs": "mean softmax over the test views (aptune predict's probabilities)",
-        "views": f"{args.test_num_segment} segments x {args.test_num_crop} crops",
-        "model": str(args.model),
-        "transfer_type": str(args.transfer_type),
+        "views": f"{c.data.test_num_segment} segments x {c.data.test_num_crop} crops",
+        "model": str(c.model.model),
+        "transfer_type": str(c.model.transfer_type),
         "which": trained.which,
     }
     if tokens:
@@ -248,68 +242,3 @@ def _merge_parts(
     _write_atomic(tensors, meta, out)
     shutil.rmtree(parts_dir)
     return len(index), failed
-
-
-def run_extract(args: argparse.Namespace) -> int:
-    videos = list(args.videos) + (read_list(args.list) if args.list else [])
-    if not videos:
-        raise DataError("no videos: give video files or --list FILE")
-    if bool(args.run) == bool(args.model):
-        raise DataError("give either --run RUN or --model NAME --finetune CKPT")
-    if args.run:
-        trained = open_run(args.run, args.which)
-        source = f"{Path(args.run).resolve()}:{trained.which}"
-    else:
-        if not args.finetune:
-            raise DataError("--model needs --finetune CKPT (the weights to extract with)")
-        from aptune.engine.trained import default_device
-
-        trained = model_from_flags(args.model, args.finetune, args.flags, default_device())
-        source = f"{args.model}:{Path(args.finetune).resolve()}:{args.flags}"
-    out = Path(args.out)
-    n, failed = extract_features(
-        trained,
-        videos,
-        out,
-        args.tokens,
-        args.batch_size,
-        args.chunk,
-        args.num_workers,
-        args.bf16,
-        not args.no_progress,
-        source,
-    )
-    print(f"{out}: features of {n} video(s), shape ({n}, {trained.model.embed_dim})")
-    if failed:
-        print(
-            f"aptune: {len(failed)} of {len(videos)} video(s) unreadable, not in {out} "
-            "(listed in its metadata 'failed'):",
-            file=sys.stderr,
-        )
-        for path, reason in failed[:20]:
-            print(f"  {path}: {reason}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_extract_parser(subparsers) -> None:
-    ex = subparsers.add_parser("extract", help="features of videos (head input) as safetensors")
-    ex.add_argument("videos", nargs="*", help="video files or frame folders")
-    ex.add_argument("--list", default=None, help="file with one video per line")
-    ex.add_argument("--run", default=None, help="output_dir of an aptune train run")
-    ex.add_argument("--which", choices=["last", "best"], default="best")
-    ex.add_argument("--model", default=None, help="instead of --run: a model name (vit_base...)")
-    ex.add_argument("--finetune", default=None, help="with --model: the checkpoint to load")
-    ex.add_argument(
-        "--flags",
-        default="",
-        help='with --model: more train flags, e.g. "--nb_classes 174 --data_set SSV2"',
-    )
-    ex.add_argument("--out", required=True, help="output .safetensors file")
-    ex.add_argument("--tokens", action="store_true", help="also store the last block's tokens")
-    ex.add_argument("--batch_size", type=int, default=None, help="views per forward pass")
-    ex.add_argument("--chunk", type=int, default=256, help="videos per resumable part")
-    ex.add_argument("--num_workers", type=int, default=0, help="decoding processes")
-    ex.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast")
-    ex.add_argument("--no_progress", action="store_true", help="no progress bar")
-    ex.set_defaults(func=run_extract)

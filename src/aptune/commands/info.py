@@ -8,10 +8,9 @@ from pathlib import Path
 import yaml
 
 from aptune.build import build_model
-from aptune.config import method_options
 from aptune.engine.checkpoint import BEST_NAME, checkpoint_folders
 from aptune.engine.integrity import status
-from aptune.engine.run import load_run
+from aptune.engine.run import run_checkpoint
 from aptune.tuning import parameter_report
 
 
@@ -23,13 +22,14 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"  {folder.name}: {status(folder)}")
     if not folders:
         print("  none")
-    cfg, ckpt = load_run(run, "last")
+    cfg, ckpt = run_checkpoint(run, "last")
     print(f"latest verified checkpoint: {ckpt}")
-    print(yaml.safe_dump({k: v for k, v in sorted(vars(cfg).items()) if k != "func"}))
+    print(yaml.safe_dump(cfg.to_dict()))
+    m = cfg.model
     model = build_model(
-        cfg.model, num_classes=cfg.nb_classes, transfer_type=cfg.transfer_type,
-        num_frames=cfg.num_frames, input_size=cfg.input_size, tubelet_size=cfg.tubelet_size,
-        **method_options(cfg),
+        m.model, num_classes=cfg.data.nb_classes, transfer_type=m.transfer_type,
+        num_frames=m.num_frames, input_size=m.input_size, tubelet_size=m.tubelet_size,
+        **cfg.method_options(),
     )  # fmt: skip
     print(parameter_report(model))
     metrics = run / "metrics.json"

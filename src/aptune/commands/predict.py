@@ -50,12 +50,13 @@ def view_probs(
     progress: bool = False,
 ) -> torch.Tensor:
     """(N, C) mean softmax over the run's test views of each video (eval's rule)."""
-    args = trained.args
+    c = trained.config
     entries = [VideoEntry(str(Path(v).resolve()), 0, i + 1) for i, v in enumerate(videos)]
     ds = VideoClipDataset("test", trained.data, entries, trained.class_names, source="predict")
-    loader = DataLoader(ds, batch_size=batch_size or args.batch_size_val, collate_fn=collate_clips)
+    batch = batch_size or c.optim.batch_size_val
+    loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
     precision = precision or Precision("fp32", trained.device.type)
-    sums = torch.zeros(len(videos), args.nb_classes)
+    sums = torch.zeros(len(videos), c.data.nb_classes)
     counts = torch.zeros(len(videos))
     with torch.no_grad():
         for batch in tqdm(loader, desc="predict", leave=False, disable=None if progress else True):
@@ -106,16 +107,16 @@ def predict_timeline(
     progress: bool = True,
 ) -> tuple[list[dict], object, dict]:
     """-> (rows: one per window with start_s, end_s, topk; probabilities (W, C); metadata)."""
-    args = trained.args
+    c = trained.config
     with open_video(video, trained.data.backend) as reader:
         windows = plan_windows(
-            reader.num_frames, reader.fps, args.num_frames, args.sampling_rate, stride_s
+            reader.num_frames, reader.fps, c.model.num_frames, c.data.sampling_rate, stride_s
         )
         stream = WindowStream(reader, windows)
         wp = window_probs(
             trained,
             stream,
-            batch_size or args.batch_size_val,
+            batch_size or c.optim.batch_size_val,
             precision_for(trained, bf16),
             progress,
             Path(video).name,
@@ -125,9 +126,9 @@ def predict_timeline(
             "fps": reader.fps,
             "num_video_frames": reader.num_frames,
             "stride_s": stride_s,
-            "clip_frames": args.num_frames,
-            "sampling_rate": args.sampling_rate,
-            "crops": args.test_num_crop,
+            "clip_frames": c.model.num_frames,
+            "sampling_rate": c.data.sampling_rate,
+            "crops": c.data.test_num_crop,
             "classes": trained.class_names,
             "max_buffered_frames": stream.max_buffered,
         }

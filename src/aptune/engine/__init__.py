@@ -12,8 +12,14 @@ the CLI.
 from aptune.engine.checkpoint import ResumeError
 from aptune.engine.distributed import DistInfo, unwrap
 from aptune.engine.loop import NonFiniteLossError, Precision, predict_views, train_one_epoch
-from aptune.engine.run import evaluate_args, evaluate_run, load_run, load_trained_model, train
-from aptune.engine.trained import TrainedRun, open_run
+from aptune.engine.run import (
+    evaluate_config,
+    evaluate_run,
+    load_trained_model,
+    run_checkpoint,
+    train,
+)
+from aptune.engine.trained import TrainedRun, load_run, open_run
 
 __all__ = [
     "DistInfo",
@@ -21,11 +27,12 @@ __all__ = [
     "Precision",
     "ResumeError",
     "TrainedRun",
-    "evaluate_args",
+    "evaluate_config",
     "evaluate_run",
     "load_run",
     "load_trained_model",
     "open_run",
+    "run_checkpoint",
     "predict_views",
     "train",
     "train_one_epoch",

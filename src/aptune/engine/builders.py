@@ -6,7 +6,6 @@ Kept apart from the loop (``engine``) and the orchestration (``runner``) so ``ev
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 from pathlib import Path
@@ -24,8 +23,9 @@ from torch.utils.data import (
 )
 
 from aptune.build import build_model
-from aptune.config import method_options
+from aptune.config import ConfigError, RunConfig
 from aptune.data import DataConfig, DeviceAugment, build_dataset, collate_clips
+from aptune.engine import seeds
 from aptune.engine.distributed import DistInfo
 from aptune.engine.loop import Precision, TrainStep, resolve_precision
 from aptune.engine.mixup import VideoMixup, soft_target_cross_entropy
@@ -37,40 +37,40 @@ from aptune.recipes import mixup_active
 log = logging.getLogger("aptune")
 
 
-def data_config(args: argparse.Namespace, defer_augment: bool = False) -> DataConfig:
+def data_config(cfg: RunConfig, defer_augment: bool = False) -> DataConfig:
     return DataConfig(
-        data_set=args.data_set,
-        data_path=args.data_path,
-        eval_data_path=args.eval_data_path,
-        data_root=args.data_root,
-        nb_classes=args.nb_classes,
-        num_frames=args.num_frames,
-        sampling_rate=args.sampling_rate,
-        tubelet_size=args.tubelet_size,
-        input_size=args.input_size,
-        short_side_size=args.short_side_size,
-        num_sample=args.num_sample,
-        test_num_segment=args.test_num_segment,
-        test_num_crop=args.test_num_crop,
-        aa=args.aa,
-        is_aa=args.is_aa,
-        reprob=args.reprob,
-        remode=args.remode,
-        recount=args.recount,
-        train_interpolation=args.train_interpolation,
-        sampling=args.sampling,
-        backend=args.decoder,
-        strict_data=args.strict_data,
-        crop_scale=tuple(args.crop_scale),
-        decode_cache=args.decode_cache,
+        data_set=cfg.data.data_set,
+        data_path=cfg.data.data_path,
+        eval_data_path=cfg.data.eval_data_path,
+        data_root=cfg.data.data_root,
+        nb_classes=cfg.data.nb_classes,
+        num_frames=cfg.model.num_frames,
+        sampling_rate=cfg.data.sampling_rate,
+        tubelet_size=cfg.model.tubelet_size,
+        input_size=cfg.model.input_size,
+        short_side_size=cfg.data.short_side_size,
+        num_sample=cfg.data.num_sample,
+        test_num_segment=cfg.data.test_num_segment,
+        test_num_crop=cfg.data.test_num_crop,
+        aa=cfg.data.aa,
+        is_aa=cfg.data.is_aa,
+        reprob=cfg.data.reprob,
+        remode=cfg.data.remode,
+        recount=cfg.data.recount,
+        train_interpolation=cfg.data.train_interpolation,
+        sampling=cfg.data.sampling,
+        backend=cfg.data.decoder,
+        strict_data=cfg.data.strict_data,
+        crop_scale=tuple(cfg.data.crop_scale),
+        decode_cache=cfg.data.decode_cache,
         defer_augment=defer_augment,
     )
 
 
-def augments_on_device(args: argparse.Namespace, device: torch.device) -> bool:
+def augments_on_device(cfg: RunConfig, device: torch.device) -> bool:
     """``--aug_device``: True when training clips are augmented on ``device`` in the main
     process (workers decode only); auto = on a CUDA training device, else in the workers."""
-    flag = args.aug_device
+    flag = cfg.data.aug_device
     if flag == "cuda" and device.type != "cuda":
         raise ValueError(
             f"--aug_device cuda needs training on a CUDA device (training runs on {device}); "
@@ -79,10 +79,11 @@ def augments_on_device(args: argparse.Namespace, device: torch.device) -> bool:
     return flag == "cuda" or (flag == "auto" and device.type == "cuda")
 
 
-def build_device_augment(args: argparse.Namespace, info: DistInfo) -> DeviceAugment:
+def build_device_augment(cfg: RunConfig, info: DistInfo) -> DeviceAugment:
     """The main-process augmentation of ``--aug_device``; its erasing noise is seeded per
     run and rank (the boxes and every other choice come with each item's plan)."""
-    return DeviceAugment(args.input_size, args.remode, seed=args.seed * 1_009 + info.rank)
+    seed = seeds.device_augment_seed(cfg.job.seed, info.rank)
+    return DeviceAugment(cfg.model.input_size, cfg.data.remode, seed=seed)
 
 
 def seed_everything(seed: int) -> None:
@@ -127,7 +128,7 @@ class _Positioned(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         pos, index = key
-        seed = (self.epoch_seed * 1_000_003 + pos * 7_919 + 17) % 2**63
+        seed = seeds.item_seed(self.epoch_seed, pos)
         if get_worker_info() is not None:  # a worker process: its RNGs serve data only
             seed_host_rngs(seed)
             return self.dataset[index]
@@ -176,20 +177,30 @@ class EpochLoader:
     seeded per position (:class:`_Positioned`); evaluation items need no randomness.
     """
 
-    def __init__(self, dataset, args: argparse.Namespace, info: DistInfo, train: bool) -> None:
-        self.dataset, self.seed, self.info, self.train = dataset, args.seed, info, train
+    def __init__(
+        self,
+        dataset,
+        info: DistInfo,
+        train: bool,
+        *,
+        seed: int,
+        batch_size: int,
+        num_workers: int,
+        pin_mem: bool = True,
+        dist_eval: bool = False,
+    ) -> None:
+        self.dataset, self.seed, self.info, self.train = dataset, seed, info, train
         self.generator = torch.Generator()
-        if info.enabled and (train or args.dist_eval):
-            self.sampler = DistributedSampler(
-                dataset, info.world_size, info.rank, shuffle=train, seed=args.seed, drop_last=train
-            )
+        if info.enabled and (train or dist_eval):
+            self.sampler = DistributedSampler(dataset, info.world_size, info.rank,
+                                              shuffle=train, seed=self.seed, drop_last=train)
         elif train:
             self.sampler = RandomSampler(dataset, generator=self.generator)
         else:
             self.sampler = SequentialSampler(dataset)
         common = dict(
-            num_workers=args.num_workers,
-            pin_memory=args.pin_mem and info.device.type == "cuda",
+            num_workers=num_workers,
+            pin_memory=pin_mem and info.device.type == "cuda",
             collate_fn=collate_clips,
             worker_init_fn=_seed_worker,
             generator=self.generator,
@@ -197,19 +208,19 @@ class EpochLoader:
         )
         if train:
             self.positioned = _Positioned(dataset)
-            self.batches = _Batches(self.sampler, args.batch_size, drop_last=True)
+            self.batches = _Batches(self.sampler, batch_size, drop_last=True)
             self.loader = DataLoader(self.positioned, batch_sampler=self.batches, **common)
         else:
-            self.loader = DataLoader(dataset, batch_size=args.batch_size_val,
+            self.loader = DataLoader(dataset, batch_size=batch_size,
                                      sampler=self.sampler, drop_last=False, **common)  # fmt: skip
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Reseed for ``epoch``; the next pass starts after ``skip_batches`` batches."""
-        self.generator.manual_seed(self.seed * 100_003 + epoch * 7_919 + self.info.rank)
+        self.generator.manual_seed(seeds.loader_order_seed(self.seed, epoch, self.info.rank))
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
         if self.train:
-            self.positioned.epoch_seed = (self.seed * 100_003 + epoch) * 131 + self.info.rank
+            self.positioned.epoch_seed = seeds.item_epoch_seed(self.seed, epoch, self.info.rank)
             self.batches.skip = skip_batches
 
     def __iter__(self):
@@ -220,33 +231,34 @@ class EpochLoader:
 
 
 def build_datasets(
-    args: argparse.Namespace, splits: tuple[str, ...], defer_augment: bool = False
+    cfg: RunConfig, splits: tuple[str, ...], defer_augment: bool = False
 ) -> dict:
     """Datasets of ``splits``; ``defer_augment``: training items carry decoded frames and
     plans for :class:`DeviceAugment` (evaluation views never do)."""
-    cfg = data_config(args, defer_augment)
-    return {split: build_dataset(split, cfg) for split in splits}
+    data = data_config(cfg, defer_augment)
+    return {split: build_dataset(split, data) for split in splits}
 
 
-def build_run_model(args: argparse.Namespace, info: DistInfo) -> VisionTransformer:
+def build_run_model(cfg: RunConfig, info: DistInfo) -> VisionTransformer:
     model = build_model(
-        args.model,
-        num_classes=args.nb_classes,
-        transfer_type=args.transfer_type,
-        num_frames=args.num_frames,
-        input_size=args.input_size,
-        tubelet_size=args.tubelet_size,
-        drop_path=args.drop_path,
-        drop=args.drop,
-        attn_drop_rate=args.attn_drop_rate,
-        fc_drop_rate=args.fc_drop_rate,
-        init_scale=args.init_scale,
-        checkpoint=args.finetune or None,
-        model_key=args.model_key,
-        model_prefix=args.model_prefix,
-        attn_impl="sdpa" if args.attn_impl == "auto" else args.attn_impl,  # auto: engine.speed
-        cos_attn=args.cos_attn or None,  # None: on when the checkpoint has V2's attn.scale
-        **method_options(args),
+        cfg.model.model,
+        num_classes=cfg.data.nb_classes,
+        transfer_type=cfg.model.transfer_type,
+        num_frames=cfg.model.num_frames,
+        input_size=cfg.model.input_size,
+        tubelet_size=cfg.model.tubelet_size,
+        drop_path=cfg.model.drop_path,
+        drop=cfg.model.drop,
+        attn_drop_rate=cfg.model.attn_drop_rate,
+        fc_drop_rate=cfg.model.fc_drop_rate,
+        init_scale=cfg.model.init_scale,
+        checkpoint=cfg.model.finetune or None,
+        model_key=cfg.model.model_key,
+        model_prefix=cfg.model.model_prefix,
+        # auto is decided by engine.speed once the run's device and dtype are known
+        attn_impl="sdpa" if cfg.model.attn_impl == "auto" else cfg.model.attn_impl,
+        cos_attn=cfg.model.cos_attn or None,  # None: on when the checkpoint has V2's attn.scale
+        **cfg.method_options(),
     )
     return model.to(info.device)
 
@@ -255,66 +267,60 @@ def trains_backbone(model: VisionTransformer) -> bool:
     return any(c.trains_backbone for c in getattr(model, "tuning_configs", []))
 
 
-def saves_full_weights(model: VisionTransformer, args: argparse.Namespace) -> bool:
+def saves_full_weights(model: VisionTransformer, cfg: RunConfig) -> bool:
     """Checkpoints hold every tensor when the backbone trains, or when it was never loaded
     (no --finetune): a random frozen backbone exists only in this run, so a trainable-only
     file could not rebuild the trained model."""
-    return trains_backbone(model) or not args.finetune
+    return trains_backbone(model) or not cfg.model.finetune
 
 
-def steps_per_epoch(num_train: int, args: argparse.Namespace, info: DistInfo) -> int:
-    per_step = args.batch_size * args.update_freq * info.world_size
-    steps = num_train // per_step
+def steps_per_epoch(num_train: int, batch_size: int, update_freq: int, world: int) -> int:
+    steps = num_train // (batch_size * update_freq * world)
     if steps < 1:
-        raise ValueError(
+        raise ConfigError(
             f"the training list has {num_train} videos, fewer than one optimiser step needs "
-            f"(--batch_size {args.batch_size} x --update_freq {args.update_freq} x "
-            f"{info.world_size} processes); lower --batch_size"
+            f"(--batch_size {batch_size} x --update_freq {update_freq} x {world} processes); "
+            "lower --batch_size"
         )
     return steps
 
 
-def build_train_step(
-    args: argparse.Namespace, model, ddp_model, info: DistInfo, steps: int
-) -> TrainStep:
-    world = info.world_size
-    lr = scaled_lr(args.lr, args.batch_size, args.update_freq, world)
-    min_lr = scaled_lr(args.min_lr, args.batch_size, args.update_freq, world)
+def build_train_step(cfg: RunConfig, model, ddp_model, info: DistInfo, steps: int) -> TrainStep:
+    o = cfg.optim
+
+    def per_256(value: float) -> float:
+        return scaled_lr(value, o.batch_size, o.update_freq, info.world_size)
+
+    lr, min_lr = per_256(o.lr), per_256(o.min_lr)
     # the reference builds its schedule without --warmup_lr: warmup starts at 0 unless given
-    warmup_lr = 0.0
-    if args.warmup_lr is not None:
-        warmup_lr = scaled_lr(args.warmup_lr, args.batch_size, args.update_freq, world)
-    layer_decay = args.layer_decay if trains_backbone(model) else None
+    warmup_lr = 0.0 if o.warmup_lr is None else per_256(o.warmup_lr)
     optimizer = build_optimizer(
         model,
-        opt=args.opt,
+        opt=o.opt,
         lr=lr,
-        weight_decay=args.weight_decay,
-        opt_eps=args.opt_eps,
-        opt_betas=tuple(args.opt_betas) if args.opt_betas else None,
-        momentum=args.momentum,
-        layer_decay=layer_decay,
-        head_lr_scale=args.head_lr_scale,
+        weight_decay=o.weight_decay,
+        opt_eps=o.opt_eps,
+        opt_betas=tuple(o.opt_betas) if o.opt_betas else None,
+        momentum=o.momentum,
+        layer_decay=o.layer_decay if trains_backbone(model) else None,
+        head_lr_scale=o.head_lr_scale,
     )
     lr_values = cosine_schedule(
-        lr, min_lr, args.epochs, steps, args.warmup_epochs, warmup_lr, args.warmup_steps
+        lr, min_lr, o.epochs, steps, o.warmup_epochs, warmup_lr, o.warmup_steps
     )
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_values = cosine_schedule(args.weight_decay, wd_end, args.epochs, steps)
-    precision = run_precision(args, info.device)
-    scaler = build_scaler(precision, args.enable_deepspeed)
-    ema = None
-    if args.model_ema:
-        ema = ModelEma(model, decay=args.model_ema_decay)
+    wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
+    wd_values = cosine_schedule(o.weight_decay, wd_end, o.epochs, steps)
+    precision = run_precision(cfg, info.device)
+    ema = ModelEma(model, decay=o.model_ema_decay) if o.model_ema else None
     mixup = None
-    if mixup_active(args):  # soft targets even where mixup_prob 0 never mixes, as there
+    if mixup_active(vars(o)):  # soft targets even where mixup_prob 0 never mixes, as there
         mixup = VideoMixup(
-            args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob,
-            args.smoothing, args.nb_classes, cutmix_minmax=args.cutmix_minmax,
+            o.mixup, o.cutmix, o.mixup_prob, o.mixup_switch_prob, o.smoothing,
+            cfg.data.nb_classes, cutmix_minmax=o.cutmix_minmax,
         )  # fmt: skip
 
     def criterion(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=args.smoothing)
+        return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=o.smoothing)
 
     return TrainStep(
         model=ddp_model,
@@ -322,24 +328,24 @@ def build_train_step(
         lr_values=lr_values,
         wd_values=wd_values,
         steps_per_epoch=steps,
-        update_freq=args.update_freq,
-        clip_grad=args.clip_grad,
+        update_freq=o.update_freq,
+        clip_grad=o.clip_grad,
         precision=precision,
-        scaler=scaler,
+        scaler=build_scaler(precision, cfg.job.enable_deepspeed),
         ema=ema,
         mixup=mixup,
         criterion=criterion,
         soft_criterion=soft_target_cross_entropy,
-        max_steps=args.max_steps_per_epoch,
+        max_steps=cfg.job.max_steps_per_epoch,
     )
 
 
-def run_precision(args: argparse.Namespace, device: torch.device) -> Precision:
+def run_precision(cfg: RunConfig, device: torch.device) -> Precision:
     """``--precision``, except that ``--enable_deepspeed`` with ``auto`` on a GPU trains in
     fp16 as the reference's DeepSpeed config does."""
-    if args.enable_deepspeed and args.precision == "auto" and device.type == "cuda":
+    if cfg.job.enable_deepspeed and cfg.optim.precision == "auto" and device.type == "cuda":
         return resolve_precision("fp16", device)
-    return resolve_precision(args.precision, device)
+    return resolve_precision(cfg.optim.precision, device)
 
 
 def build_scaler(precision: Precision, deepspeed: bool) -> torch.amp.GradScaler | None:
@@ -359,7 +365,15 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def run_dir(args: argparse.Namespace) -> Path:
-    if not args.output_dir:
-        raise ValueError("--output_dir is required: it holds checkpoints, logs and reports")
-    return Path(args.output_dir)
+def run_loader(dataset, cfg: RunConfig, info: DistInfo, train: bool) -> EpochLoader:
+    """A run's training (``batch_size``) or evaluation (``batch_size_val``) loader."""
+    batch = cfg.optim.batch_size if train else cfg.optim.batch_size_val
+    return EpochLoader(dataset, info, train, seed=cfg.job.seed, batch_size=batch,
+                       num_workers=cfg.data.num_workers, pin_mem=cfg.data.pin_mem,
+                       dist_eval=cfg.job.dist_eval)  # fmt: skip
+
+
+def run_dir(output_dir: str) -> Path:
+    if not output_dir:
+        raise ConfigError("--output_dir is required: it holds checkpoints, logs and reports")
+    return Path(output_dir)

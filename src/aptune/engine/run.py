@@ -10,7 +10,6 @@ complete states, written atomically), ``checkpoint-NNNN-stepSSSSSS/`` (mid-epoch
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -21,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from aptune.config import save_config, to_dict
+from aptune.config import ConfigError, RunConfig, save_config
 from aptune.engine import builders as T
+from aptune.engine import seeds
 from aptune.engine.checkpoint import (
     BEST_NAME,
     ResumeError,
@@ -56,6 +56,7 @@ from aptune.engine.preempt import StopSignals, exit_code
 from aptune.engine.report_html import write_report
 from aptune.engine.reports import RunLogger, write_final_reports
 from aptune.engine.speed import prepare_model_for_speed
+from aptune.models.vit import VisionTransformer
 from aptune.recipes import inert_flag_notes, recipe_summary
 from aptune.tuning import parameter_report
 
@@ -63,24 +64,24 @@ log = logging.getLogger("aptune")
 
 
 def evaluate_split(
-    model, loader, info: DistInfo, precision: Precision, args, desc: str
+    model, loader, info: DistInfo, precision: Precision, cfg, desc: str
 ) -> EvalResult | None:
     """Evaluate on every rank's shard (dist_eval) or on rank 0; merged result on rank 0."""
     net = unwrap(model)
-    if info.enabled and not args.dist_eval:
+    if info.enabled and not cfg.job.dist_eval:
         records = (
-            [predict_views(net, loader, info, precision, not args.no_progress, desc)]
+            [predict_views(net, loader, info, precision, not cfg.job.no_progress, desc)]
             if (info.is_main)
             else []
         )
         barrier(info)
     else:
-        mine = predict_views(net, loader, info, precision, not args.no_progress, desc)
+        mine = predict_views(net, loader, info, precision, not cfg.job.no_progress, desc)
         records = all_gather_objects(mine, info)
     if not info.is_main:
         return None
     ids, probs, labels, views = merge_views(records)
-    return evaluate_probs(ids, probs, labels, views, args.nb_classes)
+    return evaluate_probs(ids, probs, labels, views, cfg.data.nb_classes)
 
 
 @dataclass
@@ -95,12 +96,12 @@ class Resumed:
     mixup: str | None = None  # the mixup generator's state (JSON)
 
 
-def _resume(args, model, ts, out: Path, info: DistInfo) -> Resumed:
-    path, verified = (Path(args.resume), False) if args.resume else (None, False)
-    if path is None and args.auto_resume:
+def _resume(cfg, model, ts, out: Path, info: DistInfo) -> Resumed:
+    path, verified = (Path(cfg.job.resume), False) if cfg.job.resume else (None, False)
+    if path is None and cfg.job.auto_resume:
         path, verified = latest_verified(out), True
     if path is None:
-        return Resumed(args.start_epoch)
+        return Resumed(cfg.job.start_epoch)
     state = load_training_state(path, model, ts.optimizer, ts.scaler, ts.ema, verified=verified)
     extra = state.get("extra", {})
     mid = extra.pop("mid_epoch", None)
@@ -118,16 +119,16 @@ def _resume(args, model, ts, out: Path, info: DistInfo) -> Resumed:
     return Resumed(mid["epoch"], extra, mid["step"], own["stats"], own["rng"], own["mixup"])
 
 
-def train(args: argparse.Namespace) -> dict:
+def train(cfg: RunConfig) -> dict:
     """The ``aptune train`` / ``run_class_apt.py`` job; returns the final metrics.
 
     SIGTERM / SIGUSR1 / Ctrl-C end it after the current optimiser step with a checkpoint
     and ``SystemExit(128 + signum)``; rerunning the same command continues from there.
     """
-    info = init_distributed(args.device, args.local_rank, args.dist_timeout)
-    out = T.run_dir(args)
+    info = init_distributed(cfg.job.device, cfg.job.local_rank, cfg.job.dist_timeout)
+    out = T.run_dir(cfg.job.output_dir)
     try:
-        return _train(args, info, out)
+        return _train(cfg, info, out)
     finally:
         cleanup(info)
 
@@ -135,9 +136,10 @@ def train(args: argparse.Namespace) -> dict:
 class _Saver:
     """Rank 0 writes training state; every rank then waits at one bounded barrier."""
 
-    def __init__(self, args, info: DistInfo, out: Path, model, ts, full: bool) -> None:
-        self.args, self.info, self.out, self.model, self.ts = args, info, out, model, ts
-        self.kw = dict(config=to_dict(args), trainable_only=not full, keep_last=args.keep_ckpts)
+    def __init__(self, cfg, info: DistInfo, out: Path, model, ts, full: bool) -> None:
+        self.info, self.out, self.model, self.ts = info, out, model, ts
+        self.kw = dict(config=cfg.to_dict(), trainable_only=not full,
+                       keep_last=cfg.job.keep_ckpts)  # fmt: skip
         self.last: tuple[int, int | None] | None = None  # (epoch, step) of the last save
         self.folder: Path | None = None
 
@@ -174,46 +176,48 @@ def _stop(signum: int, folder: Path | None, info: DistInfo) -> SystemExit:
     return SystemExit(exit_code(signum))
 
 
-def _log_recipe(args: argparse.Namespace, info: DistInfo) -> None:
+def _log_recipe(cfg: RunConfig, info: DistInfo) -> None:
     """What will be trained, value by value, and every flag that changes nothing."""
-    log.info("%s", recipe_summary(args))
-    for note in inert_flag_notes(args):
+    values = cfg.to_dict()
+    log.info("%s", recipe_summary(values))
+    for note in inert_flag_notes(values):
         log.warning("%s", note)
-    if args.enable_deepspeed:
+    if cfg.job.enable_deepspeed:
         how = ("fp16 autocast, loss scale 2^7 doubling after 128 clean steps"
-               if info.device.type == "cuda" and args.precision == "auto"
-               else f"--precision {args.precision}")  # fmt: skip
-        clip = f"--clip_grad {args.clip_grad}" if args.clip_grad else "no gradient clipping"
+               if info.device.type == "cuda" and cfg.optim.precision == "auto"
+               else f"--precision {cfg.optim.precision}")  # fmt: skip
+        clip = f"--clip_grad {cfg.optim.clip_grad}" if cfg.optim.clip_grad else "no clipping"
         log.info("--enable_deepspeed: DeepSpeed is not used; the built-in engine trains its "
                  "recipe (DDP, %s, %s)", how, clip)  # fmt: skip
 
 
-def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
+def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(args, out)
-    if info.is_main:
-        _log_recipe(args, info)
-    T.seed_everything(args.seed + info.rank)
-    splits = ("train",) + (() if args.disable_eval_during_finetuning else ("val",)) + ("test",)
-    on_device = T.augments_on_device(args, info.device)
-    datasets = T.build_datasets(args, splits, defer_augment=on_device)
+        save_config(cfg, out)
+        _log_recipe(cfg, info)
+    T.seed_everything(seeds.process_seed(cfg.job.seed, info.rank))
+    splits = ("train",) + (() if cfg.job.disable_eval_during_finetuning else ("val",)) + ("test",)
+    on_device = T.augments_on_device(cfg, info.device)
+    datasets = T.build_datasets(cfg, splits, defer_augment=on_device)
     names = datasets["train"].class_names
     if info.is_main and names:
         (out / "classes.txt").write_text("\n".join(names) + "\n")
-    model = T.build_run_model(args, info)
+    model = T.build_run_model(cfg, info)
     report = parameter_report(model)
-    precision = T.run_precision(args, info.device)
+    precision = T.run_precision(cfg, info.device)
     if info.is_main:
         log.info("model %s, transfer_type %s, precision %s, %d process(es) on %s\n%s",
-                 args.model, args.transfer_type, precision.name, info.world_size,
+                 cfg.model.model, cfg.model.transfer_type, precision.name, info.world_size,
                  info.device, report)  # fmt: skip
-    net = prepare_model_for_speed(model, args, info, precision, run_dir=out)  # attention etc.
+    net = prepare_model_for_speed(model, cfg, info, precision, run_dir=out)  # attention etc.
     ddp_model = T.wrap_ddp(net, info)
-    steps = T.steps_per_epoch(len(datasets["train"]), args, info)
-    ts = T.build_train_step(args, model, ddp_model, info, steps)
+    o = cfg.optim
+    steps = T.steps_per_epoch(len(datasets["train"]), o.batch_size, o.update_freq,
+                              info.world_size)  # fmt: skip
+    ts = T.build_train_step(cfg, model, ddp_model, info, steps)
     if on_device:
-        ts.augment = T.build_device_augment(args, info)
+        ts.augment = T.build_device_augment(cfg, info)
     if info.is_main:
         log.info(
             "training clips augmented %s",
@@ -221,20 +225,21 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
             if on_device
             else "in the data loading workers",
         )
-    loaders = {s: T.EpochLoader(d, args, info, train=s == "train") for s, d in datasets.items()}
-    resumed = _resume(args, model, ts, out, info)
-    logger = RunLogger(out, args.log_dir, info.is_main, resumed.epoch)
+    loaders = {s: T.run_loader(d, cfg, info, train=s == "train") for s, d in datasets.items()}
+    resumed = _resume(cfg, model, ts, out, info)
+    logger = RunLogger(out, cfg.job.log_dir, info.is_main, resumed.epoch)
     best = resumed.extra.get("best", {"top1": -1.0, "epoch": -1})
-    saver = _Saver(args, info, out, model, ts, T.saves_full_weights(model, args))
-    every = args.save_ckpt_steps
+    saver = _Saver(cfg, info, out, model, ts, T.saves_full_weights(model, cfg))
+    every = cfg.job.save_ckpt_steps
     started = time.perf_counter()
     with StopSignals() as signals, _close_on_exit(logger):
-        for epoch in range(resumed.epoch, args.epochs):
-            T.seed_everything(args.seed + info.rank + 7_919 * (epoch + 1))
+        for epoch in range(resumed.epoch, cfg.optim.epochs):
+            T.seed_everything(seeds.epoch_process_seed(cfg.job.seed, info.rank, epoch))
             mid = epoch == resumed.epoch and resumed.step > 0
-            loaders["train"].set_epoch(epoch, resumed.step * args.update_freq if mid else 0)
+            loaders["train"].set_epoch(epoch, resumed.step * cfg.optim.update_freq if mid else 0)
             if ts.mixup is not None:
-                ts.mixup.rng = np.random.default_rng(args.seed * 1_000_003 + epoch * 31 + info.rank)
+                mix_seed = seeds.mixup_seed(cfg.job.seed, epoch, info.rank)
+                ts.mixup.rng = np.random.default_rng(mix_seed)
                 if mid and resumed.mixup:
                     ts.mixup.rng.bit_generator.state = json.loads(resumed.mixup)
             if mid and resumed.rng is not None:
@@ -246,7 +251,7 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
                 """Mid-epoch checkpoint when due or when a stop signal reached any rank."""
                 signum = max_over_ranks(signals.signum, info, f"the stop flag (epoch {epoch})")
                 due = every > 0 and (epoch * steps + done) % every == 0 and done < steps
-                if not ((signum or due) and args.save_ckpt):
+                if not ((signum or due) and cfg.job.save_ckpt):
                     if signum:
                         raise _stop(signum, None, info)
                     return False
@@ -261,18 +266,18 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
                 return False
 
             carry = EpochStats.from_carry(resumed.carry) if mid else None
-            stats = train_one_epoch(ts, loaders["train"], epoch, info, not args.no_progress,
+            stats = train_one_epoch(ts, loaders["train"], epoch, info, not cfg.job.no_progress,
                                     on_step=logger.step, start_step=resumed.step if mid else 0,
                                     carry=carry, after_step=after_step)  # fmt: skip
-            best = _end_epoch(args, info, epoch, stats, report.trainable, loaders, ddp_model,
+            best = _end_epoch(cfg, info, epoch, stats, report.trainable, loaders, ddp_model,
                               precision, best, saver, logger)  # fmt: skip
             signum = max_over_ranks(signals.signum, info, f"the stop flag (end of epoch {epoch})")
-            if signum and epoch + 1 < args.epochs:
-                if args.save_ckpt and saver.last != (epoch, None):
+            if signum and epoch + 1 < cfg.optim.epochs:
+                if cfg.job.save_ckpt and saver.last != (epoch, None):
                     saver.state(epoch, {"best": best})
-                raise _stop(signum, saver.folder if args.save_ckpt else None, info)
+                raise _stop(signum, saver.folder if cfg.job.save_ckpt else None, info)
     result = {"best_val": best, "train_time_s": round(time.perf_counter() - started, 2)}
-    test = evaluate_split(ddp_model, loaders["test"], info, precision, args, "test")
+    test = evaluate_split(ddp_model, loaders["test"], info, precision, cfg, "test")
     if test is not None:
         ds = datasets["test"]
         write_predictions(test, out / "predictions.jsonl", ds.video_paths, ds.class_names)
@@ -289,7 +294,7 @@ def _train(args: argparse.Namespace, info: DistInfo, out: Path) -> dict:
     return result
 
 
-def _end_epoch(args, info, epoch, stats, trainable, loaders, ddp_model, precision, best,
+def _end_epoch(cfg, info, epoch, stats, trainable, loaders, ddp_model, precision, best,
                saver: _Saver, logger) -> dict:  # fmt: skip
     """Skipped-video report, validation, best and epoch checkpoints; returns the best."""
     skipped = all_gather_objects(stats.skipped, info)
@@ -301,37 +306,33 @@ def _end_epoch(args, info, epoch, stats, trainable, loaders, ddp_model, precisio
                     record["skipped_videos"], ", ".join(names[:10]))  # fmt: skip
         record["skipped_paths"] = names
     if "val" in loaders:
-        val = evaluate_split(ddp_model, loaders["val"], info, precision, args, "val")
+        val = evaluate_split(ddp_model, loaders["val"], info, precision, cfg, "val")
         if val is not None:
             record.update({f"val_{k}": v for k, v in val.summary().items()})
             if val.top1 > best["top1"]:
                 best = {"top1": val.top1, "top5": val.top5, "epoch": epoch}
-                if args.save_ckpt:
+                if cfg.job.save_ckpt:
                     saver.best(epoch, {"best": best})
     if info.is_main:
         logger.epoch(record)
     steps = saver.ts.steps_per_epoch
-    every = args.save_ckpt_steps
-    last = epoch + 1 == args.epochs
+    every = cfg.job.save_ckpt_steps
+    last = epoch + 1 == cfg.optim.epochs
     due_steps = every > 0 and ((epoch + 1) * steps) % every == 0
-    if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or last or due_steps):
+    if cfg.job.save_ckpt and ((epoch + 1) % cfg.job.save_ckpt_freq == 0 or last or due_steps):
         saver.state(epoch, {"best": best})
     else:
         barrier(info, f"the end of epoch {epoch}")
     return best
 
 
-def load_run(run: Path, which: str = "last") -> tuple[argparse.Namespace, Path]:
-    """Config and verified checkpoint folder of a run (``last`` or ``best``); every sha256
+def run_checkpoint(run: Path, which: str = "last") -> tuple[RunConfig, Path]:
+    """A run's config and verified checkpoint folder (``last`` or ``best``); every sha256
     of the folder is checked (``ResumeError`` naming a corrupt ``best``)."""
-    from aptune.config import ConfigError, build_train_parser, finalize, load_yaml
-
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise ConfigError(f"{run}: no config.yaml; give the output_dir of an aptune train run")
-    args = build_train_parser().parse_args([])
-    vars(args).update(load_yaml(cfg_path))
-    args = finalize(args)
+    cfg = RunConfig.from_yaml(cfg_path)
     if which == "best":
         ckpt = run / BEST_NAME
         if (ckpt / "model.safetensors").is_file():
@@ -340,48 +341,56 @@ def load_run(run: Path, which: str = "last") -> tuple[argparse.Namespace, Path]:
         ckpt = latest_verified(run)  # corrupt ones named and skipped
     if ckpt is None or not (ckpt / "model.safetensors").is_file():
         raise ConfigError(f"{run}: no complete {which} checkpoint; train the run first")
-    return args, ckpt
+    return cfg, ckpt
 
 
-def load_trained_model(run: Path, which: str, info: DistInfo, overrides: dict | None = None):
-    args, ckpt = load_run(run, which)
-    args.decode_cache = None  # a training speed-up; eval/predict read each video once anyway
-    vars(args).update(overrides or {})
-    model = T.build_run_model(args, info)
+def load_trained_model(
+    run: Path, which: str, info: DistInfo, overrides: dict | None = None
+) -> tuple[RunConfig, VisionTransformer]:
+    """The run's config (with ``overrides`` by flag name) and its model with the trained
+    weights, in eval mode on ``info.device``."""
+    cfg, ckpt = run_checkpoint(run, which)
+    # the decode cache is a training speed-up; eval/predict read each video once anyway
+    cfg = cfg.replace(decode_cache=None, **(overrides or {}))
+    model = T.build_run_model(cfg, info)
     loaded = load_model_weights(ckpt / "model.safetensors", model)
-    if not args.finetune and len(loaded) < len(model.state_dict()):
+    if not cfg.model.finetune and len(loaded) < len(model.state_dict()):
         log.warning(
             "%s: a %s run without --finetune saved only its trainable tensors (before aptune "
             "kept the random frozen backbone too); this model is not the trained one; "
             "train it again",
-            ckpt, args.transfer_type,
+            ckpt, cfg.model.transfer_type,
         )  # fmt: skip
     model.eval()
-    return args, model
+    return cfg, model
 
 
-def _test_all_views(args: argparse.Namespace, model, info: DistInfo):
+def _test_all_views(cfg: RunConfig, model, info: DistInfo):
     """(result on rank 0 or None, test dataset): every test view of the run's test list."""
-    ds = T.build_datasets(args, ("test",))["test"]
-    loader = T.EpochLoader(ds, args, info, train=False)
-    precision = T.run_precision(args, info.device)
-    model = prepare_model_for_speed(model, args, info, precision, train=False)
-    return evaluate_split(model, loader, info, precision, args, "test"), ds
+    ds = T.build_datasets(cfg, ("test",))["test"]
+    loader = T.run_loader(ds, cfg, info, train=False)
+    precision = T.run_precision(cfg, info.device)
+    model = prepare_model_for_speed(model, cfg, info, precision, train=False)
+    return evaluate_split(model, loader, info, precision, cfg, "test"), ds
 
 
-def evaluate_run(run: Path, which: str = "last", overrides: dict | None = None) -> dict:
-    """``aptune eval RUN``: all test views of the run's test list (or a new --data_path)."""
+def evaluate_run(
+    run: Path, which: str = "last", overrides: dict | None = None, output: Path | None = None
+) -> dict:
+    """``aptune eval RUN``: all test views of the run's test list (or a new --data_path);
+    ``overrides`` change run options by flag name, ``output`` is where results go
+    (default: the run folder)."""
     info = init_distributed("auto")
     try:
-        args, model = load_trained_model(run, which, info, overrides)
-        res, ds = _test_all_views(args, model, info)
+        cfg, model = load_trained_model(run, which, info, overrides)
+        res, ds = _test_all_views(cfg, model, info)
         if res is None:
             return {}
-        out = Path(overrides.get("eval_output", run)) if overrides else run
+        out = Path(output) if output is not None else Path(run)
         out.mkdir(parents=True, exist_ok=True)
         write_predictions(res, out / "eval_predictions.jsonl", ds.video_paths, ds.class_names)
         summary = {"test": res.summary(), "checkpoint": str(Path(run) / which)}
-        per_class = dict(zip(ds.class_names or map(str, range(args.nb_classes)), res.per_class))
+        per_class = dict(zip(ds.class_names or map(str, range(cfg.data.nb_classes)), res.per_class))
         (out / "eval_metrics.json").write_text(
             json.dumps({**summary, "per_class": per_class}, indent=2)
         )
@@ -391,29 +400,29 @@ def evaluate_run(run: Path, which: str = "last", overrides: dict | None = None) 
         cleanup(info)
 
 
-def evaluate_args(args: argparse.Namespace) -> dict:
+def evaluate_config(cfg: RunConfig) -> dict:
     """The reference's ``--eval``: test --finetune, or the newest checkpoint of --resume /
     --output_dir, on all test views; writes predictions.jsonl into --output_dir."""
-    info = init_distributed(args.device, args.local_rank, args.dist_timeout)
+    info = init_distributed(cfg.job.device, cfg.job.local_rank, cfg.job.dist_timeout)
     try:
-        model = T.build_run_model(args, info)
-        ckpt = Path(args.resume) if args.resume else None
+        model = T.build_run_model(cfg, info)
+        ckpt = Path(cfg.job.resume) if cfg.job.resume else None
         if ckpt is not None and not ckpt.exists():
             raise ResumeError(f"--resume {ckpt}: not found; give a checkpoint folder")
         folder = ckpt if ckpt is None or ckpt.is_dir() else ckpt.parent
         if folder is not None and (folder / "COMPLETE").is_file():
             check_complete(folder)  # an aptune checkpoint folder: verify its sha256s
-        if ckpt is None and args.output_dir and args.auto_resume:
-            ckpt = find_latest_checkpoint(Path(args.output_dir))
+        if ckpt is None and cfg.job.output_dir and cfg.job.auto_resume:
+            ckpt = find_latest_checkpoint(Path(cfg.job.output_dir))
         if ckpt is not None:
             weights = ckpt / "model.safetensors" if ckpt.is_dir() else ckpt
             load_model_weights(weights, model)
             log.info("evaluating weights of %s", weights)
-        res, ds = _test_all_views(args, model, info)
+        res, ds = _test_all_views(cfg, model, info)
         if res is None:
             return {}
-        if args.output_dir:
-            out = Path(args.output_dir)
+        if cfg.job.output_dir:
+            out = Path(cfg.job.output_dir)
             out.mkdir(parents=True, exist_ok=True)
             write_predictions(res, out / "predictions.jsonl", ds.video_paths, ds.class_names)
         log.info("test: top-1 %.2f%%, top-5 %.2f%% over %d videos x %d views",

@@ -8,7 +8,6 @@ checkpoint) so every consumer builds the model exactly as training did.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from aptune.config import ConfigError
+from aptune.config import ConfigError, RunConfig
 from aptune.data import DataConfig
 from aptune.data.lists import read_class_names
 from aptune.engine.builders import data_config
@@ -30,9 +29,9 @@ WHICH = ("best", "last")
 
 @dataclass
 class TrainedRun:
-    """A run's resolved flags, its model (eval mode) and class names."""
+    """A run's configuration, its model (eval mode) and class names."""
 
-    args: argparse.Namespace
+    config: RunConfig
     model: VisionTransformer
     class_names: list[str]
     which: str
@@ -41,11 +40,11 @@ class TrainedRun:
     @property
     def data(self) -> DataConfig:
         """The run's data options (test views, sizes, sampling) as training used them."""
-        return data_config(self.args)
+        return data_config(self.config)
 
     @property
     def views_per_video(self) -> int:
-        return self.args.test_num_segment * self.args.test_num_crop
+        return self.config.data.test_num_segment * self.config.data.test_num_crop
 
 
 def resolve_which(run: Path, which: str) -> str:
@@ -85,10 +84,10 @@ def open_run(
         raise ConfigError(f"{run}: no such run folder; give the output_dir of an aptune train run")
     which = resolve_which(run, which)
     dev = torch.device(device) if device is not None else default_device()
-    args, model = load_trained_model(run, which, DistInfo(device=dev), overrides)
+    cfg, model = load_trained_model(run, which, DistInfo(device=dev), overrides)
     model.eval()
-    names = class_names_of(run, args.nb_classes)
-    return TrainedRun(args, model, names, which, dev)
+    names = class_names_of(run, cfg.data.nb_classes)
+    return TrainedRun(cfg, model, names, which, dev)
 
 
 def load_run(
@@ -107,5 +106,5 @@ def load_run(
     trained = open_run(run_dir, which, device)
     model = trained.model
     model.class_names = trained.class_names
-    model.run_config = {k: v for k, v in vars(trained.args).items() if k != "func"}
+    model.run_config = trained.config.to_dict()
     return model

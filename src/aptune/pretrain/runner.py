@@ -18,13 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
+from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
-from aptune.config import save_config, to_dict
 from aptune.engine import builders as T
+from aptune.engine import seeds
 from aptune.engine.checkpoint import (
     find_latest_checkpoint,
     load_training_state,
@@ -73,7 +76,7 @@ class MaskedVideoObjective(nn.Module):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch * 104_729 + self.rank)
+        self.generator.manual_seed(seeds.mask_seed(self.seed, epoch, self.rank))
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         if clips.shape[0] == 0:  # every video of the batch was unreadable: zero loss
@@ -86,6 +89,18 @@ class MaskedVideoObjective(nn.Module):
             )  # (B, N, P) fp32
         pred = self.model(clips, mask)  # (B, N_mask, P)
         return masked_mse(pred, target, mask)
+
+
+def _args_dict(args: argparse.Namespace) -> dict:
+    """The resolved pre-training options as plain YAML/JSON types."""
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in sorted(vars(args).items()) if k not in ("func", "config")}  # fmt: skip
+
+
+def _save_args(args: argparse.Namespace, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(_args_dict(args), sort_keys=True))
+    os.replace(tmp, path)
 
 
 def build_from_args(args: argparse.Namespace) -> PretrainVideoMAE:
@@ -134,11 +149,11 @@ def run_pretrain(args: argparse.Namespace) -> int:
 def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
     """Run (or resume) a pre-training job; returns a summary of the run."""
     info = info or DistInfo()
-    out = T.run_dir(args)
+    out = T.run_dir(args.output_dir)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(args, out)
-    T.seed_everything(args.seed + info.rank)
+        _save_args(args, out / "config.yaml")
+    T.seed_everything(seeds.process_seed(args.seed, info.rank))
     videos, source = find_videos(args.data_path, args.data_root)
     dataset = UnlabelledClips(
         videos, args.num_frames, args.sampling_rate, args.input_size, flip=args.flip,
@@ -148,9 +163,10 @@ def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
     objective = MaskedVideoObjective(model, args.mask_ratio, args.norm_pix_loss, args.seed,
                                      info.rank, args.mask_type).to(info.device)  # fmt: skip
     ddp = T.wrap_ddp(objective, info)
-    steps = T.steps_per_epoch(len(dataset), args, info)
+    steps = T.steps_per_epoch(len(dataset), args.batch_size, args.update_freq, info.world_size)
     ts = _train_step(args, model, ddp, info, steps)
-    loader = T.EpochLoader(dataset, args, info, train=True)
+    loader = T.EpochLoader(dataset, info, train=True, seed=args.seed, batch_size=args.batch_size,
+                           num_workers=args.num_workers, pin_mem=args.pin_mem)
     n_params = sum(p.numel() for p in model.parameters())
     n_enc = sum(p.numel() for p in model.encoder.parameters())
     if info.is_main:
@@ -165,9 +181,9 @@ def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
         start_epoch = state["epoch"] + 1
         log.info("resumed from %s (epoch %d done)", ckpt, state["epoch"])
     logger = RunLogger(out, args.log_dir, info.is_main, start_epoch)
-    config, started = to_dict(args), time.perf_counter()
+    config, started = _args_dict(args), time.perf_counter()
     for epoch in range(start_epoch, args.epochs):
-        T.seed_everything(args.seed + info.rank + 7_919 * (epoch + 1))
+        T.seed_everything(seeds.epoch_process_seed(args.seed, info.rank, epoch))
         loader.set_epoch(epoch)
         objective.set_epoch(epoch)
         stats = train_one_epoch(ts, loader, epoch, info, not args.no_progress,

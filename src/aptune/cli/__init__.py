@@ -1,20 +1,19 @@
 """``aptune`` command line: train, eval, predict, extract, export, report, info, prepare,
-profile, pretrain, demo.
+profile, pretrain, demo. argparse lives in this package only; what it parses becomes
+typed options before anything below runs.
 
-``aptune train`` takes exactly the reference's flags (see ``aptune train --help``);
-``run_class_apt.py`` at the repository root is the same command under the reference's
-name. Errors a user can fix are printed as one line naming the file or flag; set
+``aptune train`` takes exactly the reference's flags (``cli.train``, see ``aptune train
+--help``); ``run_class_apt.py`` at the repository root is the same command under the
+reference's name. Errors a user can fix are printed as one line naming the file or flag; set
 ``APTUNE_DEBUG=1`` for the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 log = logging.getLogger("aptune")
 
@@ -23,54 +22,6 @@ def setup_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format="[aptune] %(message)s", stream=sys.stderr)
-
-
-def cmd_train(argv: list[str]) -> int:
-    from aptune.config import build_train_parser, parse_args
-    from aptune.engine import train
-
-    args = parse_args(argv, build_train_parser())
-    if args.eval:
-        return cmd_reference_eval(args)
-    train(args)
-    return 0
-
-
-def cmd_reference_eval(args: argparse.Namespace) -> int:
-    """``--eval`` of the reference: test the model given by --finetune / --resume."""
-    from aptune.engine import evaluate_args
-
-    result = evaluate_args(args)
-    if result:
-        print(json.dumps(result["test"], indent=2))
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from aptune.engine import evaluate_run
-
-    overrides = {
-        k: v
-        for k, v in {
-            "data_path": args.data_path,
-            "eval_data_path": args.eval_data_path,
-            "test_num_segment": args.test_num_segment,
-            "test_num_crop": args.test_num_crop,
-            "batch_size_val": args.batch_size,
-            "num_workers": args.num_workers,
-            "eval_output": args.output,
-        }.items()
-        if v is not None
-    }
-    if "data_path" in overrides and "eval_data_path" not in overrides:
-        overrides["eval_data_path"] = overrides["data_path"]
-    result = evaluate_run(Path(args.run), args.which, overrides)
-    if result:
-        test = result["test"]
-        print(f"top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  "
-              f"({test['num_videos']} videos x {test['views_per_video']} views)")  # fmt: skip
-        print(f"per-video predictions: {Path(args.output or args.run) / 'eval_predictions.jsonl'}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,20 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("train", help="fine-tune (flags of the reference run_class_apt.py; "
                    "see aptune train --help)", add_help=False)  # fmt: skip
-    e = sub.add_parser("eval", help="evaluate a trained run on all test views")
-    e.add_argument("run", help="output_dir of an aptune train run")
-    e.add_argument("--which", choices=["last", "best"], default="last")
-    e.add_argument("--data_path", default=None, help="evaluate on another list folder")
-    e.add_argument("--eval_data_path", default=None)
-    e.add_argument("--test_num_segment", type=int, default=None)
-    e.add_argument("--test_num_crop", type=int, default=None)
-    e.add_argument("--batch_size", type=int, default=None)
-    e.add_argument("--num_workers", type=int, default=None)
-    e.add_argument("--output", default=None, help="folder for eval outputs (default: run)")
-    e.set_defaults(func=cmd_eval)
+    from aptune.cli.evaluate import add_eval_parser
+
+    add_eval_parser(sub)
+    from aptune.cli.extract import add_extract_parser
     from aptune.commands.demo import add_demo_parser
     from aptune.commands.export import add_export_parser
-    from aptune.commands.extract import add_extract_parser
     from aptune.commands.info import add_info_parser
     from aptune.commands.predict import add_predict_parser
     from aptune.commands.profile import add_profile_parser
@@ -128,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         if argv and argv[0] == "train":
+            from aptune.cli.train import cmd_train
+
             return cmd_train(argv[1:])
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):
