@@ -30,6 +30,7 @@ from aptune.data import VideoClipDataset, VideoDecodeError
 from aptune.data.errors import DataError
 from aptune.data.lists import VideoEntry
 from aptune.engine.loop import Precision
+from aptune.engine.metrics import mean_over_views, view_probs
 from aptune.engine.trained import TrainedRun
 
 log = logging.getLogger("aptune")
@@ -104,7 +105,7 @@ class Extractor:
             logits = model.forward_head(feats)  # (B*V, C)
         out = {
             "features": feats.float().view(b, v, -1).mean(dim=1).cpu(),
-            "probs": torch.softmax(logits.float(), dim=-1).view(b, v, -1).mean(dim=1).cpu(),
+            "probs": mean_over_views(view_probs(logits), v).cpu(),
         }
         if self.want_tokens:
             x = self._last

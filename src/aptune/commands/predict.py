@@ -20,6 +20,7 @@ from aptune.data import VideoClipDataset, collate_clips, open_video
 from aptune.data.errors import DataError
 from aptune.data.lists import VideoEntry
 from aptune.engine.loop import Precision
+from aptune.engine.metrics import ViewMeans
 from aptune.engine.trained import TrainedRun, open_run
 
 from .timeline import (
@@ -56,16 +57,13 @@ def view_probs(
     batch = batch_size or c.optim.batch_size_val
     loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
     precision = precision or Precision("fp32", trained.device.type)
-    sums = torch.zeros(len(videos), c.data.nb_classes)
-    counts = torch.zeros(len(videos))
+    means = ViewMeans(len(videos), c.data.nb_classes)
     with torch.no_grad():
         for batch in tqdm(loader, desc="predict", leave=False, disable=None if progress else True):
             with precision.autocast():
                 logits = trained.model(batch.clips.to(trained.device))
-            probs = torch.softmax(logits.float(), dim=-1).cpu()
-            sums.index_add_(0, batch.video_index, probs)
-            counts.index_add_(0, batch.video_index, torch.ones(len(batch)))
-    return sums / counts[:, None]
+            means.add(logits, batch.video_index)
+    return means.means()
 
 
 def predict_videos(

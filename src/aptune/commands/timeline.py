@@ -23,6 +23,7 @@ from tqdm import tqdm
 from aptune.data.decode import VideoReader
 from aptune.data.transforms import EvalTransform
 from aptune.engine.loop import Precision
+from aptune.engine.metrics import mean_over_views, view_probs
 from aptune.engine.trained import TrainedRun
 
 
@@ -99,8 +100,8 @@ def window_probs(
         clips = torch.stack([v for _, views in pending for v in views])  # (W*crops, 3, T, S, S)
         with torch.no_grad(), precision.autocast():
             logits = trained.model(clips.to(trained.device))
-        probs = torch.softmax(logits.float(), dim=-1).cpu().view(len(pending), crops, -1)
-        yield from zip([w for w, _ in pending], probs.mean(dim=1))
+        probs = mean_over_views(view_probs(logits).cpu(), crops)  # (W, C)
+        yield from zip([w for w, _ in pending], probs)
         pending.clear()
 
     bar = tqdm(

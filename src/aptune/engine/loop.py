@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from aptune.data import RawBatch
 from aptune.engine.distributed import DistInfo, all_reduce_mean, unwrap
-from aptune.engine.metrics import ViewRecords
+from aptune.engine.metrics import ViewRecords, view_probs
 from aptune.engine.optim import apply_schedules, clip_gradients
 
 
@@ -245,7 +245,7 @@ def predict_views(
         clips = batch.clips.to(info.device, non_blocking=True)
         with precision.autocast():
             logits = model(clips)
-        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        probs = view_probs(logits).cpu().numpy()
         records.add(batch.video_index.tolist(), batch.view_index.tolist(),
                     batch.labels.tolist(), probs)  # fmt: skip
     return records

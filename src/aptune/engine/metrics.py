@@ -13,6 +13,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+
+
+def view_probs(logits: torch.Tensor) -> torch.Tensor:
+    """A view's class probabilities: the softmax of its logits, computed in fp32."""
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def mean_over_views(probs: torch.Tensor, views: int) -> torch.Tensor:
+    """(B * views, C) probabilities of consecutive views -> (B, C): a video's prediction is
+    the mean of its views' softmax."""
+    return probs.view(-1, views, probs.shape[-1]).mean(dim=1)
+
+
+class ViewMeans:
+    """The same mean where a video's views arrive in any batches, keyed by video index."""
+
+    def __init__(self, num_videos: int, num_classes: int) -> None:
+        self.sums = torch.zeros(num_videos, num_classes)
+        self.counts = torch.zeros(num_videos)
+
+    def add(self, logits: torch.Tensor, video_index: torch.Tensor) -> None:
+        self.sums.index_add_(0, video_index, view_probs(logits).cpu())
+        self.counts.index_add_(0, video_index, torch.ones(len(video_index)))
+
+    def means(self) -> torch.Tensor:
+        return self.sums / self.counts[:, None]
 
 
 @dataclass
