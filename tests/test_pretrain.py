@@ -21,6 +21,7 @@ from aptune.pretrain import demo_backbone_config, demo_backbone_path
 from aptune.pretrain.data import find_videos
 from aptune.pretrain.masking import random_mask, tube_mask
 from aptune.pretrain.model import build_pretrain_model, masked_mse, pixel_targets
+from aptune.tuning import registered_prefixes
 
 TINY = dict(name="vit_nano_patch16_224", num_frames=4, img_size=32, decoder_depth=1)
 
@@ -189,7 +190,7 @@ def test_pretrain_command_output_loads_for_finetuning_and_resumes(tmp_path):
     )
     fresh = aptune.build_model("vit_nano_patch16_224", num_classes=5, num_frames=4,
                                input_size=32, transfer_type="prompt")  # fmt: skip
-    report = load_pretrained(fresh, weights)
+    report = load_pretrained(fresh, weights, method_prefixes=registered_prefixes())
     assert report.format == "videomae-pretrain" and not report.unexpected
     expected = {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
     assert set(report.missing) - expected == {k for k in report.missing if "prompt" in k}
@@ -202,7 +203,9 @@ def test_pretrain_command_output_loads_for_finetuning_and_resumes(tmp_path):
     assert flags[flags.index("--finetune") + 1] == str(weights)
     assert flags[flags.index("--input_size") + 1] == "32"
     # the run folder itself is accepted as the checkpoint path
-    assert load_pretrained(fresh, out).format == "videomae-pretrain"
+    assert load_pretrained(fresh, out, method_prefixes=registered_prefixes()).format == (
+        "videomae-pretrain"
+    )
     with safe_open(str(weights), framework="pt") as f:
         torch.testing.assert_close(
             model.blocks[1].attn.qkv.weight, f.get_tensor("encoder.blocks.1.attn.qkv.weight")

@@ -6,6 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from download_layouts import (
+    make_hmdb51_layout,
+    make_ssv2_layout,
+    make_ucf101_layout,
+    write_frames,
+)
 
 from aptune.data import synthetic
 
@@ -43,7 +49,7 @@ def coded_videos(tmp_path_factory, coded_frames) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def frames_dir(tmp_path_factory, coded_frames) -> Path:
-    return synthetic.write_frames(tmp_path_factory.mktemp("frames") / "video1", coded_frames[:10])
+    return write_frames(tmp_path_factory.mktemp("frames") / "video1", coded_frames[:10])
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +84,9 @@ def layouts(tmp_path_factory) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("layouts")
     small = {"num_classes": 3, "num_frames": 8, "size": (32, 40)}
     return {
-        "ucf101": synthetic.make_ucf101_layout(root / "ucf101", **small),
-        "hmdb51": synthetic.make_hmdb51_layout(root / "hmdb51", **small),
-        "ssv2": synthetic.make_ssv2_layout(root / "ssv2", **small),
+        "ucf101": make_ucf101_layout(root / "ucf101", **small),
+        "hmdb51": make_hmdb51_layout(root / "hmdb51", **small),
+        "ssv2": make_ssv2_layout(root / "ssv2", **small),
     }
 
 

@@ -95,15 +95,30 @@ def test_aptune_safetensors(ckpt, tmp_path: Path) -> None:
 
 
 def test_backbone_into_prompted_model_keeps_prompt_init(ckpt, videomae_finetune_file) -> None:
+    from aptune.tuning import registered_prefixes
     from aptune.tuning.apt import apply_apt
 
     model = apply_apt(ckpt.tiny_model(), num_tokens=2, start=0, end=1, reparam=True)
-    report = load_pretrained(model, videomae_finetune_file[0])
+    report = load_pretrained(
+        model, videomae_finetune_file[0], method_prefixes=registered_prefixes()
+    )
     assert report.missing == [
         "kv_prompts.prompt_embeddings_k",
         "kv_prompts.prompt_embeddings_v",
         "kv_prompts.prompt_scale",
     ]
+
+
+def test_method_keys_are_backbone_keys_unless_prefixes_are_given(
+    ckpt, videomae_finetune_file
+) -> None:
+    """models/ does not know the methods: a caller that does not name their prefixes is
+    told how, instead of prompts silently keeping their init."""
+    from aptune.tuning.apt import apply_apt
+
+    model = apply_apt(ckpt.tiny_model(), num_tokens=2, start=0, end=1, reparam=True)
+    with pytest.raises(CheckpointError, match=r"3 missing \(kv_prompts.*registered_prefixes"):
+        load_pretrained(model, videomae_finetune_file[0])
 
 
 # -- reference APT ---------------------------------------------------------------------------

@@ -18,18 +18,16 @@ from typing import Any
 
 import torch
 
-DEEPSPEED_FILE = "mp_rank_00_model_states.pt"
-#: Weight files of a Hugging Face folder, in order of preference.
-HF_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
+from aptune.models.checkpoint_files import (
+    HF_WEIGHT_FILES,
+    CheckpointError,
+    checkpoint_error,
+    first_line,
+    read_json,
 )
+from aptune.models.hub import parse_hub_id, resolve_hub_checkpoint
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the fix."""
+DEEPSPEED_FILE = "mp_rank_00_model_states.pt"
 
 
 class _Opaque:
@@ -68,21 +66,6 @@ def is_hf_folder(path: str | Path) -> bool:
     return isinstance(cfg, dict) and ("model_type" in cfg or "architectures" in cfg)
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from a file, or a one-line CheckpointError."""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _fail(path, f"unreadable JSON ({_first_line(e)})") from None
-    if not isinstance(obj, dict):
-        raise _fail(path, "expected a JSON object")
-    return obj
-
-
-def _fail(path: Path | str, why: str) -> CheckpointError:
-    return CheckpointError(f"{path}: {why}")
-
-
 def _highest_checkpoint(folder: Path) -> Path | None:
     """Latest ``checkpoint-N`` (DeepSpeed folder or ``.pth``) in an output dir."""
     latest = folder / "latest"  # DeepSpeed writes the tag of the last save here
@@ -104,13 +87,11 @@ def resolve_checkpoint_path(path: str | Path) -> tuple[Path, str]:
     A Hub id (``ORG/NAME[@REVISION]``, ``hf://ORG/NAME``) that is not a local path
     resolves to its snapshot folder in the Hub cache (see ``models/hub.py``).
     """
-    from aptune.models.hub import parse_hub_id, resolve_hub_checkpoint
-
     if parse_hub_id(path) is not None:
         return resolve_hub_checkpoint(path), "hf"
     p = Path(path).expanduser()
     if not p.exists():
-        raise _fail(p, "no such file or folder; check the --finetune / checkpoint path")
+        raise checkpoint_error(p, "no such file or folder; check the --finetune / checkpoint path")
     if p.is_file():
         if p.suffix == ".safetensors" or _looks_like_safetensors(p):
             return p, "safetensors"
@@ -125,7 +106,7 @@ def resolve_checkpoint_path(path: str | Path) -> tuple[Path, str]:
     inner = _highest_checkpoint(p)
     if inner is not None:
         return resolve_checkpoint_path(inner)
-    raise _fail(
+    raise checkpoint_error(
         p,
         "folder holds no checkpoint (expected config.json + model.safetensors, "
         f"{DEEPSPEED_FILE}, checkpoint-N/ or checkpoint-N.pth); pass the file itself",
@@ -146,9 +127,13 @@ def load_torch_file(path: Path) -> Any:
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:
-        raise _fail(path, "file is empty (an interrupted download or save?); fetch it again")
+        raise checkpoint_error(
+            path, "file is empty (an interrupted download or save?); fetch it again"
+        )
     if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # zip (torch>=1.6) or pickle
-        raise _fail(path, "not a PyTorch checkpoint (neither a torch zip file nor a pickle)")
+        raise checkpoint_error(
+            path, "not a PyTorch checkpoint (neither a torch zip file nor a pickle)"
+        )
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -157,26 +142,21 @@ def load_torch_file(path: Path) -> Any:
             r"unrecognized function (\S+)", str(e)
         )
         if m:
-            raise _fail(
+            raise checkpoint_error(
                 path,
                 f"refused: the file references {m.group(1)!r}, not a plain data type, and "
                 "unpickling it could run code; re-save the weights only "
                 "(torch.save(model.state_dict(), ...)) or as .safetensors",
             ) from None
-        raise _fail(path, f"refused by the safe loader: {_first_line(e)}") from None
+        raise checkpoint_error(path, f"refused by the safe loader: {first_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - any parse failure means a damaged file
-        msg = _first_line(e)
+        msg = first_line(e)
         if "zip" in msg.lower() or "central directory" in msg or isinstance(e, EOFError):
             why = "truncated or corrupt (an interrupted download or save?); fetch it again"
-            raise _fail(path, why) from None
-        raise _fail(
+            raise checkpoint_error(path, why) from None
+        raise checkpoint_error(
             path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {msg})"
         ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 def load_safetensors_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -188,7 +168,9 @@ def load_safetensors_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str
             meta = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, dict(meta)  # noqa: SIM118
     except Exception as e:  # safetensors raises its own error types; all mean "bad file"
-        raise _fail(path, f"not a readable .safetensors file ({_first_line(e)})") from None
+        raise checkpoint_error(
+            path, f"not a readable .safetensors file ({first_line(e)})"
+        ) from None
 
 
 def _read_hf_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
@@ -204,7 +186,9 @@ def _read_hf_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
                 sd.update(_read_hf_weights_file(folder / shard))
             return sd, f
         return _read_hf_weights_file(f), f
-    raise _fail(folder, "Hugging Face folder without model.safetensors or pytorch_model.bin")
+    raise checkpoint_error(
+        folder, "Hugging Face folder without model.safetensors or pytorch_model.bin"
+    )
 
 
 def _read_hf_weights_file(f: Path) -> dict[str, torch.Tensor]:
@@ -212,21 +196,21 @@ def _read_hf_weights_file(f: Path) -> dict[str, torch.Tensor]:
         return load_safetensors_file(f)[0]
     obj = load_torch_file(f)
     if not isinstance(obj, dict):
-        raise _fail(f, f"holds a {type(obj).__name__}, not a state dict")
+        raise checkpoint_error(f, f"holds a {type(obj).__name__}, not a state dict")
     return obj
 
 
 def _select_state_dict(obj: Any, path: Path, model_key: str) -> tuple[dict, str | None]:
     """The state dict under the first of ``model_key`` ('a|b') present, else the object."""
     if not isinstance(obj, dict):
-        raise _fail(path, f"holds a {type(obj).__name__}, not a checkpoint dict")
+        raise checkpoint_error(path, f"holds a {type(obj).__name__}, not a checkpoint dict")
     for key in model_key.split("|"):
         if key and isinstance(obj.get(key), dict):
             return obj[key], key
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, None
     top = ", ".join(list(map(str, obj))[:8])
-    raise _fail(
+    raise checkpoint_error(
         path,
         f"no state dict under {model_key!r} (top-level keys: {top}); "
         "name the right one with --model_key",
@@ -262,9 +246,11 @@ def read_checkpoint(
                 info["epoch"] = obj["epoch"]
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise _fail(file, f"state dict has non-tensor entries ({', '.join(map(str, bad[:5]))})")
+        raise checkpoint_error(
+            file, f"state dict has non-tensor entries ({', '.join(map(str, bad[:5]))})"
+        )
     if not sd:
-        raise _fail(file, "state dict is empty")
+        raise checkpoint_error(file, "state dict is empty")
     return dict(sd), info
 
 

@@ -4,6 +4,11 @@ Kept apart from the model (timm's ``checkpoint_filter_fn`` habit): ``convert_sta
 renames, ``load_pretrained`` decides which differences are the expected ones (decoder
 dropped, fresh head, no fc_norm in a backbone, tuning parameters absent) and refuses every
 other difference with a one-line error naming the file, the format and the keys.
+
+Which parameters belong to a tuning method is the tuning registry's knowledge, and this
+layer may not import it: callers pass ``method_prefixes`` (``aptune.tuning.
+registered_prefixes()``; ``build_model`` does), so a newly registered method is recognised
+without a change here. Without them every key is taken for a backbone key.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aptune.models.checkpoint_io import CheckpointError, read_checkpoint
+from aptune.models.checkpoint_files import CheckpointError
+from aptune.models.checkpoint_io import read_checkpoint
 from aptune.models.hf_keys import convert_hf
 from aptune.models.layers import sinusoid_table
 from aptune.models.vit import MODEL_SIZES
 
 FORMATS = ("videomae-pretrain", "videomae-finetune", "apt-reference", "hf", "hf-pretrain", "aptune")
-#: Name segments of tuning-method parameters (peft habit: one prefix per method).
-TUNING_PREFIXES = ("prompt_", "vpt_", "adapter_", "lora_")
+#: The reference APT file's top-level prompt tensors (ours live under ``kv_prompts.``).
 APT_KEYS = ("prompt_embeddings_k", "prompt_embeddings_v", "prompt_scale")
 _WRAPPERS = ("module.", "_orig_mod.")
 _PRETRAIN_DROP = ("decoder.", "encoder_to_decoder.", "mask_token", "encoder.norm.")
@@ -64,13 +69,17 @@ def _preview(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def is_tuning_key(key: str) -> bool:
-    """True for parameters added by a tuning method (any name segment has its prefix)."""
-    return any(part.startswith(TUNING_PREFIXES) for part in key.split("."))
+def is_method_key(key: str, prefixes: tuple[str, ...]) -> bool:
+    """True when any dotted segment of ``key`` starts with one of ``prefixes``.
+
+    The one name test behind both trainable selection (``tuning``) and checkpoint
+    filtering (here): a method's parameters carry its prefix wherever they hang.
+    """
+    return any(part.startswith(prefixes) for part in key.split("."))
 
 
 # -- renaming ------------------------------------------------------------------------------
-def _detect(keys: list[str], where: str) -> str:
+def _detect(keys: list[str], where: str, method_prefixes: tuple[str, ...]) -> str:
     def has(*prefixes: str) -> bool:
         return any(k.startswith(prefixes) for k in keys)
 
@@ -80,7 +89,7 @@ def _detect(keys: list[str], where: str) -> str:
         return "videomae-pretrain"
     if has("head_norm.", *APT_KEYS):
         return "apt-reference"
-    if has("kv_prompts.", "seq_prompts.") or any(is_tuning_key(k) for k in keys):
+    if has("kv_prompts.", "seq_prompts.") or any(is_method_key(k, method_prefixes) for k in keys):
         return "aptune"
     if has("patch_embed.proj.", "blocks."):
         return "videomae-finetune"
@@ -122,10 +131,12 @@ def uses_cos_attn(raw: dict[str, torch.Tensor]) -> bool:
     return any(k.endswith("attn.scale") for k in raw)
 
 
-def _convert(raw: dict[str, torch.Tensor], where: str) -> tuple[dict, str, list[str]]:
+def _convert(
+    raw: dict[str, torch.Tensor], where: str, method_prefixes: tuple[str, ...]
+) -> tuple[dict, str, list[str]]:
     """(our state dict, format, dropped original keys)."""
     raw = _strip_common(raw)
-    fmt = _detect(list(raw), where)
+    fmt = _detect(list(raw), where, method_prefixes)
     if fmt.startswith("hf"):
         out, dropped = convert_hf(raw, where)
         return out, fmt, dropped
@@ -145,10 +156,16 @@ def _convert(raw: dict[str, torch.Tensor], where: str) -> tuple[dict, str, list[
 
 
 def convert_state_dict(
-    raw: dict[str, torch.Tensor], path_for_errors: str = ""
+    raw: dict[str, torch.Tensor],
+    path_for_errors: str = "",
+    method_prefixes: tuple[str, ...] = (),
 ) -> tuple[dict[str, torch.Tensor], str]:
-    """Rename any supported layout to our keys -> (state dict, format name)."""
-    out, fmt, _ = _convert(raw, path_for_errors or "<state dict>")
+    """Rename any supported layout to our keys -> (state dict, format name).
+
+    ``method_prefixes`` only names the format: our own layout with method tensors is
+    ``aptune``, without them ``videomae-finetune`` (the keys are the same either way).
+    """
+    out, fmt, _ = _convert(raw, path_for_errors or "<state dict>", method_prefixes)
     return out, fmt
 
 
@@ -278,7 +295,9 @@ def _prompt_error(where: str, sd: dict, own: dict, model: nn.Module) -> Checkpoi
     return None
 
 
-def _hints(sd: dict, own: dict, missing: list[str], unexpected: list[str]) -> str:
+def _hints(
+    sd: dict, own: dict, missing: list[str], unexpected: list[str], method_prefixes: tuple
+) -> str:
     def depth(keys: Any) -> int:
         return 1 + max(
             (int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1
@@ -297,22 +316,38 @@ def _hints(sd: dict, own: dict, missing: list[str], unexpected: list[str]) -> st
         hints.append("model has cosine attention the file lacks: build without --cos_attn")
     if any(k.endswith(".q_bias") for k in missing) and not any(k.endswith(".q_bias") for k in sd):
         hints.append("file has no q/v bias: build with qkv_bias=False")
+    if missing and not method_prefixes:
+        hints.append(
+            "a tuning method's keys? pass method_prefixes=aptune.tuning.registered_prefixes()"
+        )
     return ("; " + "; ".join(hints)) if hints else ""
 
 
 def load_pretrained(
-    model: nn.Module, path: str | Path, model_key: str = "model|module"
+    model: nn.Module,
+    path: str | Path,
+    model_key: str = "model|module",
+    method_prefixes: tuple[str, ...] = (),
 ) -> LoadReport:
-    """Read, convert, verify and copy a checkpoint into ``model``; see docs/checkpoints.md."""
+    """Read, convert, verify and copy a checkpoint into ``model``; see docs/checkpoints.md.
+
+    Pass ``method_prefixes=aptune.tuning.registered_prefixes()`` when ``model`` has tuning
+    methods attached: their parameters, absent from a backbone file, then keep their init.
+    """
     raw, info = read_checkpoint(path, model_key)
-    return load_state(model, raw, info)
+    return load_state(model, raw, info, method_prefixes)
 
 
-def load_state(model: nn.Module, raw: dict[str, torch.Tensor], info: dict) -> LoadReport:
+def load_state(
+    model: nn.Module,
+    raw: dict[str, torch.Tensor],
+    info: dict,
+    method_prefixes: tuple[str, ...] = (),
+) -> LoadReport:
     """``load_pretrained`` for a state dict already read by ``read_checkpoint`` (so a caller
     that looked at the keys first - e.g. for cos_attn - does not read a big file twice)."""
     where = info["file"]
-    sd, fmt, dropped = _convert(raw, where)
+    sd, fmt, dropped = _convert(raw, where, method_prefixes)
     if fmt == "videomae-finetune" and info.get("metadata", {}).get("format") == "aptune":
         fmt = "aptune"
     report = LoadReport(path=where, format=fmt, dropped=dropped)
@@ -331,7 +366,9 @@ def load_state(model: nn.Module, raw: dict[str, torch.Tensor], info: dict) -> Lo
     expected = [
         k
         for k in missing
-        if is_tuning_key(k) or k.startswith("head.") or (backbone_only and k.startswith("fc_norm."))
+        if is_method_key(k, method_prefixes)
+        or k.startswith("head.")
+        or (backbone_only and k.startswith("fc_norm."))
     ]
     bad_missing = [k for k in missing if k not in expected]
     unexpected = sorted(set(sd) - set(own))
@@ -348,7 +385,7 @@ def load_state(model: nn.Module, raw: dict[str, torch.Tensor], info: dict) -> Lo
         ]
         raise CheckpointError(
             f"{where}: does not fit the model (guessed format {fmt}): {', '.join(parts)}"
-            + _hints(sd, own, bad_missing, unexpected)
+            + _hints(sd, own, bad_missing, unexpected, method_prefixes)
         )
     result = model.load_state_dict(sd, strict=False)
     assert sorted(result.missing_keys) == missing and not result.unexpected_keys, result
@@ -361,7 +398,7 @@ __all__ = [
     "FORMATS",
     "LoadReport",
     "convert_state_dict",
-    "is_tuning_key",
+    "is_method_key",
     "load_pretrained",
     "load_state",
     "resample_pos_embed",

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aptune.models.checkpoint_io import CheckpointError, is_hf_folder, read_json
+from aptune.models.checkpoint_files import CheckpointError, read_json
+from aptune.models.checkpoint_io import is_hf_folder
 
 #: transformers' VideoMAEConfig defaults for the fields we read.
 HF_DEFAULTS: dict[str, Any] = {

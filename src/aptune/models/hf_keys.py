@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from aptune.models.checkpoint_io import CheckpointError
+from aptune.models.checkpoint_files import CheckpointError
 
 _HF_LAYER = (  # HF layer sub-module -> ours (checked in order)
     ("attention.output.dense.", "attn.proj."),

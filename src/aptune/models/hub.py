@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from aptune.models.checkpoint_io import HF_WEIGHT_FILES, CheckpointError, read_json
+from aptune.models.checkpoint_files import HF_WEIGHT_FILES, CheckpointError, read_json
 
 _ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?")
 #: Endings that mark a (missing) local file rather than a repository name.

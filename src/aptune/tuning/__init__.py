@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from aptune.models.convert import is_method_key
 from aptune.models.vit import VisionTransformer
 from aptune.tuning.adapter import AdapterConfig
 from aptune.tuning.apt import AptConfig, AttentionPrompts, apply_apt
@@ -18,7 +19,6 @@ from aptune.tuning.base import (
     MethodConfig,
     TuningConfigError,
     is_bias_or_norm,
-    is_method_param,
 )
 from aptune.tuning.bitfit import BitFitConfig
 from aptune.tuning.full import End2EndConfig, LinearConfig, RandomInitConfig
@@ -100,7 +100,7 @@ def is_trainable_name(model: nn.Module, name: str, configs: list[MethodConfig]) 
         return True
     if any(c.trains_biases for c in configs) and is_bias_or_norm(model, name):
         return True
-    return any(c.param_prefixes and is_method_param(name, c.param_prefixes) for c in configs)
+    return any(is_method_key(name, c.param_prefixes) for c in configs)
 
 
 def mark_trainable(model: nn.Module, configs: list[MethodConfig]) -> None:
@@ -111,6 +111,16 @@ def mark_trainable(model: nn.Module, configs: list[MethodConfig]) -> None:
 
 def method_prefixes(configs: list[MethodConfig]) -> tuple[str, ...]:
     return tuple(p for c in configs for p in c.param_prefixes)
+
+
+def registered_prefixes() -> tuple[str, ...]:
+    """Every registered method's parameter prefixes, each once, in registry order.
+
+    What checkpoint loading is told (``models`` may not import this package) to tell a
+    method's tensors from the backbone's: asked at call time, so a method added with
+    :func:`register` is recognised without a change in ``models``.
+    """
+    return tuple(dict.fromkeys(p for cfg in METHODS.values() for p in cfg.param_prefixes))
 
 
 __all__ = [
@@ -132,4 +142,5 @@ __all__ = [
     "parameter_report",
     "parse_transfer_type",
     "register",
+    "registered_prefixes",
 ]

@@ -65,11 +65,6 @@ def require(condition: bool, message: str) -> None:
         raise TuningConfigError(message)
 
 
-def is_method_param(name: str, prefixes: tuple[str, ...]) -> bool:
-    """True when any dotted component of ``name`` starts with one of ``prefixes``."""
-    return any(part.startswith(prefixes) for part in name.split("."))
-
-
 def is_bias_or_norm(model: nn.Module, name: str) -> bool:
     """Biases (incl. VideoMAE's q/v biases) and LayerNorm affine parameters."""
     leaf = name.rsplit(".", 1)[-1]
