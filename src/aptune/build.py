@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from aptune.models.vit import AttnImpl, VisionTransformer, create_vit
-from aptune.tuning import attach_methods, mark_trainable, parameter_report, parse_transfer_type
+from aptune.tuning import (
+    attach_methods,
+    mark_trainable,
+    parameter_report,
+    parse_transfer_type,
+    registered_prefixes,
+)
 
 log = logging.getLogger("aptune")
 
@@ -129,7 +135,7 @@ def build_model(
     if raw is not None:
         from aptune.models.convert import load_state
 
-        load_report = load_state(net, raw, info)
+        load_report = load_state(net, raw, info, registered_prefixes())
         del raw  # a giant checkpoint is 4 GB: free it before training starts
         head = ""
         if load_report.head_reset and load_report.file_classes:
