@@ -1,5 +1,5 @@
 """Frame indices of clips: pure functions of (video length, options, rng), by the reference's
-formulas (VideoMAE's `kinetics.py` / `ssv2.py` as used by APT; APT_SPEC section 5).
+formulas (VideoMAE's `kinetics.py` / `ssv2.py` as used by APT).
 
 Dense sampling (UCF101, HMDB51, Kinetics): `num_frames` T frames spread over T * r frames.
 Segment sampling (SSv2): the video cut into T equal segments, one frame each.

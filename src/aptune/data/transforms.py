@@ -1,4 +1,5 @@
-"""Clip transforms in the reference's order (APT_SPEC section 5); every random choice is
+"""Clip transforms in the reference's order (RandAugment on the decoded frames, normalise,
+random resized crop, flip except for SSv2, random erasing); every random choice is
 drawn once per clip and applied to all its frames.
 
 Train: RandAugment (timm string) on the decoded frames at their own size, ImageNet
