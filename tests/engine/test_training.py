@@ -105,3 +105,27 @@ def test_peft_run_without_finetune_reloads_its_random_backbone(uninterrupted: Pa
         torch.manual_seed(seed)
         outs.append(aptune.load_run(uninterrupted, which="last")(x))
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_python_users_train_from_a_run_config(tmp_path: Path):
+    """``aptune.train(RunConfig)``: the same job as ``aptune train``, its config.yaml the
+    config it was given."""
+    from engine_support import write_dataset
+
+    import aptune
+
+    data = write_dataset(tmp_path / "data", {"train": 2, "val": 1, "test": 1})
+    values = {
+        "model": "vit_nano", "data_set": "SSV2", "nb_classes": 4, "num_frames": 8,
+        "input_size": 32, "short_side_size": 32, "num_workers": 0, "no_progress": True,
+        "test_num_segment": 2, "test_num_crop": 2, "num_sample": 1, "attn_impl": "sdpa",
+        "data_path": str(data), "output_dir": str(tmp_path / "run"), "batch_size": 4,
+        "epochs": 1, "warmup_epochs": 0, "opt": "adamw", "lr": 0.01, "prompt_num_tokens": 2,
+    }  # fmt: skip
+    cfg = aptune.RunConfig.from_values(values)
+    metrics = aptune.train(cfg)
+    assert metrics["test"]["num_videos"] == 4
+    saved = aptune.RunConfig.from_yaml(tmp_path / "run" / "config.yaml")
+    assert saved.to_dict() == cfg.to_dict()
+    model = aptune.load_run(tmp_path / "run", which="last")
+    assert model.kv_prompts.prompt_embeddings_k.shape[1] == 2
