@@ -297,6 +297,8 @@ class RunConfig:
                  f"--num_frames {m.num_frames} must be a multiple of --tubelet_size "
                  f"{m.tubelet_size}")  # fmt: skip
         patch = _patch_size(m.model)
+        _require(patch is not None, f"--model {m.model!r} is not a model; choose one of "
+                 f"{', '.join(_model_names())}")  # fmt: skip
         _require(not patch or m.input_size % patch == 0,
                  f"--input_size {m.input_size} must be a multiple of {patch} (the patch size "
                  f"of {m.model})")  # fmt: skip
@@ -388,6 +390,12 @@ def _as_field_type(section: str, name: str, value: Any) -> Any:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _model_names() -> list[str]:
+    from aptune.models.vit import MODEL_SIZES
+
+    return list(MODEL_SIZES)
 
 
 def _patch_size(model: str) -> int | None:

@@ -54,16 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is the whole story for a user (no traceback)."""
+    """aptune's own errors about what a user gave it: their message is the whole story
+    (one line, no traceback). Anything else is a bug and keeps its traceback."""
     from aptune.commands.export import ExportError
     from aptune.config import ConfigError
     from aptune.data import DataError
     from aptune.engine import NonFiniteLossError, ResumeError
+    from aptune.engine.distributed import DistTimeoutError
+    from aptune.engine.integrity import IntegrityError
     from aptune.models.checkpoint_io import CheckpointError
     from aptune.tuning import TuningConfigError
 
     return (ConfigError, DataError, CheckpointError, TuningConfigError, ResumeError,
-            NonFiniteLossError, ExportError, FileNotFoundError, ValueError)  # fmt: skip
+            NonFiniteLossError, ExportError, DistTimeoutError, IntegrityError)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from aptune.config import ConfigError
 from aptune.data.decode import VideoReader
 from aptune.data.transforms import EvalTransform
 from aptune.engine.loop import Precision
@@ -40,7 +41,7 @@ def plan_windows(
 ) -> list[Window]:
     """Windows every ``stride_s`` seconds whose clip fits in the video (at least one)."""
     if stride_s <= 0:
-        raise ValueError(f"--stride must be > 0 seconds, got {stride_s}")
+        raise ConfigError(f"--stride must be > 0 seconds, got {stride_s}")
     fps = fps if fps > 0 else 25.0
     span = (num_frames - 1) * rate + 1
     step = stride_s * fps

@@ -68,17 +68,17 @@ class DataConfig:
         choices["remode"] = ("pixel", "rand", "const")
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise DataError(f"--{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in _POSITIVE:
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+                raise DataError(f"--{name} must be >= 1, got {getattr(self, name)}")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"--crop_scale needs 0 < min <= max <= 1, got {lo} {hi}")
+            raise DataError(f"--crop_scale needs 0 < min <= max <= 1, got {lo} {hi}")
         if not 0.0 <= self.reprob <= 1.0:
-            raise ValueError(f"--reprob must be in [0, 1], got {self.reprob}")
+            raise DataError(f"--reprob must be in [0, 1], got {self.reprob}")
         if self.num_frames % self.tubelet_size:
-            raise ValueError(
+            raise DataError(
                 f"--num_frames {self.num_frames} must be a multiple of --tubelet_size "
                 f"{self.tubelet_size}"
             )
@@ -296,7 +296,7 @@ def _list_entries(split: str, cfg: DataConfig) -> tuple[list[VideoEntry], Path]:
 def build_dataset(split: str, cfg: DataConfig) -> VideoClipDataset:
     """The dataset of `split` ("train" | "val" | "test"); all list checks happen here."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}")
     if cfg.backend == "decord":
         resolve_backend("", "decord")  # fail now if decord is forced but missing
     entries, source = _list_entries(split, cfg)

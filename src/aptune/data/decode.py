@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VideoDecodeError
+from .errors import DataError, VideoDecodeError
 from .mpeg4 import mpeg4_positions, starts_intra
 
 log = logging.getLogger("aptune.data")
@@ -363,7 +363,7 @@ def resolve_backend(path: str | os.PathLike, backend: str = "auto") -> str:
     """The backend that will read `path`: folders are frames; auto prefers decord if installed,
     except for AVI files (decord is not frame-exact on AVIs with B-frames)."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise DataError(f"video backend must be one of {BACKENDS} (--decoder), got {backend!r}")
     if backend == "decord" and not decord_available():
         raise VideoDecodeError(
             "backend 'decord' was forced but decord is not installed: "

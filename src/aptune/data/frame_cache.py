@@ -25,6 +25,7 @@ from stat import S_ISREG
 import numpy as np
 
 from .decode import VideoReader, open_video
+from .errors import DataError
 
 log = logging.getLogger("aptune.data")
 
@@ -53,7 +54,7 @@ class FrameCache:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise ValueError(
+            raise DataError(
                 f"--decode_cache {folder}: cannot write there ({exc.strerror or exc}); "
                 "choose a writable folder or drop the flag"
             ) from exc

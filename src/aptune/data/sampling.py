@@ -14,6 +14,8 @@ import random
 
 import numpy as np
 
+from .errors import DataError
+
 Rng = np.random.Generator | random.Random
 DENSE_DATASETS = ("Kinetics-400", "UCF101", "HMDB51", "image_folder")
 SEGMENT_DATASETS = ("SSV2",)
@@ -23,7 +25,7 @@ SAMPLING_MODES = ("auto", "dense", "segment")
 def sampling_mode(data_set: str, sampling: str = "auto") -> str:
     """'dense' or 'segment': from `data_set` as the reference does, unless forced."""
     if sampling not in SAMPLING_MODES:
-        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+        raise DataError(f"--sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
     if sampling != "auto":
         return sampling
     return "segment" if data_set in SEGMENT_DATASETS else "dense"

@@ -72,7 +72,7 @@ def augments_on_device(cfg: RunConfig, device: torch.device) -> bool:
     process (workers decode only); auto = on a CUDA training device, else in the workers."""
     flag = cfg.data.aug_device
     if flag == "cuda" and device.type != "cuda":
-        raise ValueError(
+        raise ConfigError(
             f"--aug_device cuda needs training on a CUDA device (training runs on {device}); "
             "use --aug_device cpu or auto"
         )

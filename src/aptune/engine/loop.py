@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from aptune.config import ConfigError
 from aptune.data import RawBatch
 from aptune.engine.distributed import DistInfo, all_reduce_mean, unwrap
 from aptune.engine.metrics import ViewRecords, view_probs
@@ -53,7 +54,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     if requested == "auto":
         requested = "fp16" if device.type == "cuda" else "fp32"
     if requested == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA device; on CPU use --precision bf16")
+        raise ConfigError("--precision fp16 needs a CUDA device; on CPU use --precision bf16")
     return Precision(requested, device.type)
 
 

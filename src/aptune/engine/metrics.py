@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aptune.config import ConfigError
+
 
 def view_probs(logits: torch.Tensor) -> torch.Tensor:
     """A view's class probabilities: the softmax of its logits, computed in fp32."""
@@ -107,7 +109,7 @@ def evaluate_probs(
     ids: np.ndarray, probs: np.ndarray, labels: np.ndarray, views: int, num_classes: int
 ) -> EvalResult:
     if len(ids) == 0:
-        raise ValueError("no video was evaluated: the evaluation list is empty")
+        raise ConfigError("no video was evaluated: the evaluation list is empty")
     k = min(5, num_classes)
     topk = np.argsort(-probs, axis=1)[:, :k]
     top1 = float(np.mean(topk[:, 0] == labels) * 100)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aptune.config import ConfigError
 from aptune.engine.distributed import unwrap
 
 log = logging.getLogger("aptune")
@@ -138,12 +139,12 @@ def build_optimizer(
     """
     name = opt.lower()
     if name not in OPTIMIZERS:
-        raise ValueError(f"--opt {opt!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"--opt {opt!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
     if not head_lr_scale > 0:
-        raise ValueError(f"--head_lr_scale must be > 0, got {head_lr_scale}")
+        raise ConfigError(f"--head_lr_scale must be > 0, got {head_lr_scale}")
     groups = param_groups(model, weight_decay, layer_decay, head_lr_scale=head_lr_scale)
     if not groups:
-        raise ValueError("the model has no trainable parameters: nothing to optimise")
+        raise ConfigError("the model has no trainable parameters: nothing to optimise")
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     if name in ("sgd", "momentum"):
@@ -251,7 +252,7 @@ class ModelEma:
 
     def __init__(self, model: nn.Module, decay: float = 0.9999) -> None:
         if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"--model_ema_decay must be in [0, 1], got {decay}")
+            raise ConfigError(f"--model_ema_decay must be in [0, 1], got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(unwrap(model))
         self.module.eval()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from aptune.config import ConfigError
 from aptune.engine.reports import plot_confusion, plot_curves
 
 #: config keys shown first (the rest are in a folded table)
@@ -269,7 +270,7 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN/report.html`` (atomically) and return its path."""
     run = Path(run_dir)
     if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such run folder")
+        raise ConfigError(f"{run}: no such run folder; give the output_dir of an aptune train run")
     path = run / "report.html"
     tmp = path.with_name(".report.html.tmp")
     tmp.write_text(render_report(run), encoding="utf-8")
