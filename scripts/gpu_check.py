@@ -1,0 +1,294 @@
+"""Check a GPU machine in one command and print one Markdown table.
+
+    bash scripts/gpu_check.sh                 # on a GPU machine: under 8 minutes on one GPU
+    bash scripts/gpu_check.sh --device cpu    # the same checks, shrunk, on a CPU
+
+Rows: the environment and what ``--precision auto`` picks; the tests that need CUDA; every
+attention kernel x {fp32, fp16, bf16}, forward and backward, on a ViT-S APT model against
+fp32 SDPA; ``aptune train`` smoke runs per precision and ``--aug_device`` with CUDA's sync
+debug mode counting host syncs per step; ms/step and peak memory of ViT-B APT 16x224 at
+batch 8 in bf16 and fp16 with and without ``--use_checkpoint``; training clips/s with
+augmentation on the GPU and in the workers; a 2-GPU torchrun run killed and resumed when
+two GPUs exist. A row that fails says FAIL; the exit status is 1 if any did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+Row = tuple[str, str, str]  # (check, result, status)
+
+
+class Check:
+    """Collects rows; a check that raises becomes a FAIL row with the error's last line."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+
+    def run(self, name: str, fn: Callable[[], list[Row] | Row]) -> None:
+        start = time.perf_counter()
+        try:
+            out = fn()
+            self.rows += out if isinstance(out, list) else [out]
+        except Exception as exc:  # a failing check must not hide the others
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            self.rows.append((name, last[:160], "FAIL"))
+        print(f"[gpu_check] {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+    def table(self) -> str:
+        lines = ["| check | result | status |", "| --- | --- | --- |"]
+        lines += [f"| {c} | {r} | {s} |" for c, r, s in self.rows]
+        return "\n".join(lines)
+
+    @property
+    def failed(self) -> bool:
+        return any(s == "FAIL" for _, _, s in self.rows)
+
+
+# -- environment ---------------------------------------------------------------------------
+def environment(device: torch.device) -> list[Row]:
+    from aptune.engine.loop import resolve_precision
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        cap = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        what = f"{name}, capability {cap}, {torch.cuda.device_count()} GPU(s)"
+    else:
+        what = f"CPU, {os.cpu_count()} cores"
+    auto = resolve_precision("auto", device).name
+    return [("machine", f"{what}; torch {torch.__version__}", "info"),
+            ("--precision auto", auto, "info")]  # fmt: skip
+
+
+def cuda_tests(device: torch.device) -> Row:
+    """The suite's tests that skip without CUDA (names with cuda/gpu), run here."""
+    if device.type != "cuda":
+        return ("CUDA-only tests", "no CUDA device", "skipped")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda or gpu",
+           "-m", "not slow", str(REPO / "tests")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+    return ("CUDA-only tests", summary, "ok" if proc.returncode in (0, 5) else "FAIL")
+
+
+# -- attention kernels ---------------------------------------------------------------------
+def _apt(model: str, frames: int, size: int, impl: str, device: torch.device):
+    import aptune
+
+    torch.manual_seed(0)
+    net = aptune.build_model(model, num_classes=10, num_frames=frames, input_size=size,
+                             transfer_type="prompt", prompt_num_tokens=4,
+                             attn_impl=impl)  # fmt: skip
+    return net.to(device)
+
+
+def kernels(device: torch.device, quick: bool) -> list[Row]:
+    model, frames, size = ("vit_nano", 4, 32) if quick else ("vit_small", 16, 224)
+    x = torch.randn(2, 3, frames, size, size, device=device)
+    ref = _apt(model, frames, size, "sdpa", device)
+    ref(x).float().sum().backward()
+    want = ref.kv_prompts.prompt_embeddings_k.grad.float()
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if device.type == "cpu":
+        dtypes.pop("fp16")  # CPU training runs fp32 or bf16
+    rows = []
+    for impl in ("sdpa", "plain", "recompute"):
+        for name, dtype in dtypes.items():
+            net = _apt(model, frames, size, impl, device)
+            ctx = torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(
+                device.type, enabled=False)  # fmt: skip
+            with ctx:
+                out = net(x)
+            out.float().sum().backward()
+            got = net.kv_prompts.prompt_embeddings_k.grad.float()
+            err = float((got - want).norm() / want.norm().clamp_min(1e-12))
+            tol = 1e-4 if dtype is None else 5e-2
+            status = "ok" if err < tol else "FAIL"
+            rows.append((f"kernel {impl} {name} fwd+bwd ({model})",
+                         f"prompt-grad rel. error {err:.1e}", status))  # fmt: skip
+    return rows
+
+
+# -- training smoke runs -------------------------------------------------------------------
+def _dataset(root: Path) -> Path:
+    from aptune.data.synthetic import make_action_dataset
+
+    make_action_dataset(root, num_classes=4, videos_per_class={"train": 4, "val": 1, "test": 1},
+                        num_frames=16, size=(64, 64))  # fmt: skip
+    return root
+
+
+def _train_flags(data: Path, out: Path, device: torch.device, precision: str, aug: str,
+                 steps: int) -> list[str]:  # fmt: skip
+    return ["--model", "vit_nano", "--data_set", "SSV2", "--nb_classes", "4", "--num_frames", "8",
+            "--input_size", "32", "--short_side_size", "32", "--data_path", str(data),
+            "--output_dir", str(out), "--batch_size", "4", "--epochs", "1", "--warmup_epochs", "0",
+            "--opt", "adamw", "--lr", "0.01", "--num_workers", "0", "--no_progress",
+            "--test_num_segment", "1", "--test_num_crop", "1", "--num_sample", "1",
+            "--max_steps_per_epoch", str(steps), "--precision", precision, "--aug_device", aug,
+            "--device", str(device), "--no_auto_resume",
+            "--disable_eval_during_finetuning"]  # fmt: skip
+
+
+def train_smoke(device: torch.device, work: Path) -> list[Row]:
+    from aptune.cli import main
+
+    data = _dataset(work / "data")
+    precisions = ["fp16", "bf16", "fp32"] if device.type == "cuda" else ["bf16", "fp32"]
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        precisions.remove("bf16")
+    augs = ["cuda", "cpu"] if device.type == "cuda" else ["cpu"]
+    rows, steps = [], 4
+    for precision in precisions:
+        for aug in augs:
+            out = work / f"run_{precision}_{aug}"
+            flags = _train_flags(data, out, device, precision, aug, steps)
+            with warnings.catch_warnings(record=True) as caught, redirect_stdout(sys.stderr):
+                warnings.simplefilter("always")
+                if device.type == "cuda":
+                    torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    code = main(["train", *flags])
+                finally:
+                    if device.type == "cuda":
+                        torch.cuda.set_sync_debug_mode("default")
+            syncs = sum("synchroniz" in str(w.message) for w in caught)
+            per_step = f"{syncs / steps:.1f} syncs/step" if device.type == "cuda" else "n/a on CPU"
+            ok = code == 0 and (out / "metrics.json").is_file()
+            rows.append((f"aptune train {precision}, --aug_device {aug}",
+                         f"exit {code}; {per_step}", "ok" if ok else "FAIL"))  # fmt: skip
+    return rows
+
+
+# -- speed and memory ----------------------------------------------------------------------
+def _time_steps(net, x: torch.Tensor, dtype: torch.dtype, steps: int = 3) -> tuple[float, str]:
+    """(ms per APT train step after one warm-up step, peak memory or n/a on a CPU)."""
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    device = x.device
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype):
+            loss = net(x).float().logsumexp(-1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up: kernels chosen, memory pools filled
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB peak"
+    else:
+        peak = "peak n/a on CPU"
+    return (time.perf_counter() - start) / steps * 1e3, peak
+
+
+def step_cost(device: torch.device, quick: bool) -> list[Row]:
+    import aptune
+
+    model, frames, size, batch = ("vit_nano", 4, 32, 2) if quick else (
+        "vit_base_patch16_224", 16, 224, 8)  # fmt: skip
+    dtypes = [("bf16", torch.bfloat16)]
+    if device.type == "cuda":
+        dtypes.append(("fp16", torch.float16))
+    rows = []
+    for name, dtype in dtypes:
+        for ckpt in (False, True):
+            torch.manual_seed(0)
+            net = aptune.build_model(model, num_classes=174, num_frames=frames, input_size=size,
+                                     transfer_type="prompt", prompt_num_tokens=2,
+                                     use_checkpoint=ckpt).to(device)  # fmt: skip
+            x = torch.randn(batch, 3, frames, size, size, device=device)
+            ms, peak = _time_steps(net, x, dtype)
+            label = f"{model} APT {frames}x{size} batch {batch} {name}"
+            label += " --use_checkpoint" if ckpt else ""
+            rows.append((label, f"{ms:.0f} ms/step, {peak}", "ok"))
+            del net
+    return rows
+
+
+def clips_per_s(device: torch.device, work: Path) -> list[Row]:
+    if device.type != "cuda":
+        return [("training clips/s, --aug_device cuda vs cpu", "no CUDA device", "skipped")]
+    from aptune.cli import main
+
+    data = work / "data" if (work / "data").is_dir() else _dataset(work / "data")
+    rates = {}
+    for aug in ("cuda", "cpu"):
+        out = work / f"speed_{aug}"
+        flags = _train_flags(data, out, device, "bf16" if torch.cuda.is_bf16_supported()
+                             else "fp16", aug, 4)  # fmt: skip
+        flags[flags.index("--num_workers") + 1] = str(min(8, os.cpu_count() or 1))
+        start = time.perf_counter()
+        with redirect_stdout(sys.stderr):
+            main(["train", *flags])
+        rates[aug] = 16 / (time.perf_counter() - start)
+    return [("training clips/s (whole run)", f"cuda {rates['cuda']:.1f}, cpu {rates['cpu']:.1f}",
+             "info")]  # fmt: skip
+
+
+def two_gpu_resume(device: torch.device, work: Path) -> Row:
+    if device.type != "cuda" or torch.cuda.device_count() < 2:
+        return ("2-GPU torchrun kill + resume", "fewer than 2 GPUs", "skipped")
+    data = work / "data" if (work / "data").is_dir() else _dataset(work / "data")
+    out = work / "ddp"
+    flags = _train_flags(data, out, device, "auto", "auto", 2)
+    flags[flags.index("--device") + 1] = "cuda"
+    flags[flags.index("--epochs") + 1] = "2"
+    flags += ["--save_ckpt_freq", "1"]
+    flags[flags.index("--no_auto_resume")] = "--auto_resume"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "-m", "aptune.cli", "train", *flags]  # fmt: skip
+    first = subprocess.Popen(cmd, cwd=REPO)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(out.glob("checkpoint-0000")):
+        time.sleep(1)
+    first.kill()
+    first.wait()
+    again = subprocess.run(cmd, cwd=REPO, timeout=300)
+    ok = again.returncode == 0 and (out / "metrics.json").is_file()
+    return ("2-GPU torchrun kill + resume", f"resumed run exit {again.returncode}",
+            "ok" if ok else "FAIL")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="tiny models (the CPU default)")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    quick = a.quick or device.type == "cpu"
+    check = Check()
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        work = Path(tmp)
+        check.run("environment", lambda: environment(device))
+        check.run("CUDA-only tests", lambda: cuda_tests(device))
+        check.run("attention kernels", lambda: kernels(device, quick))
+        check.run("aptune train smoke runs", lambda: train_smoke(device, work))
+        check.run("step time and memory", lambda: step_cost(device, quick))
+        check.run("training clips/s", lambda: clips_per_s(device, work))
+        check.run("2-GPU torchrun kill + resume", lambda: two_gpu_resume(device, work))
+    print(check.table())
+    return 1 if check.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
