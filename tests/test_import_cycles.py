@@ -4,13 +4,17 @@
 modules inside one room too. Imports inside functions count: a lazy import that closes a
 circle still means neither module can be read, tested or moved without the other
 (``models/checkpoint_io`` <-> ``models/hub`` was one; their shared pieces now live in
-``models/checkpoint_files``).
+``models/checkpoint_files``). A module's ``if __name__ == "__main__":`` block does not
+count: it runs only when the file is the program, never on import (``test_layering.py``
+allows it nothing but a hand-over to ``aptune.cli``).
 """
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+from test_layering import library_nodes
 
 import aptune
 
@@ -31,7 +35,7 @@ def _modules() -> dict[str, Path]:
 def _imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """Modules of aptune that ``name`` imports; ``from pkg import mod`` names ``pkg.mod``."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in library_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

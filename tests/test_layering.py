@@ -1,7 +1,10 @@
 """The package's imports point down only: commands -> engine -> build/config/tuning -> models, data.
 
 Walks every module of ``aptune`` with ``ast`` (function-level imports included, since lazy
-imports are still dependencies) and fails on an import that climbs a layer.
+imports are still dependencies) and fails on an import that climbs a layer. A module's
+``if __name__ == "__main__":`` block is not walked: it runs only when the file is the
+program (``python -m aptune.data.prepare``), never when the module is imported, so it is
+the top of the stack, not a dependency; it may only hand over to ``aptune.cli``.
 """
 
 from __future__ import annotations
@@ -45,11 +48,28 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def is_main_block(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":``"""
+    test = node.test if isinstance(node, ast.If) else None
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
+
+
+def library_nodes(tree: ast.Module) -> list[ast.AST]:
+    """Every node of the module except its ``__main__`` blocks."""
+    return [n for top in tree.body if not is_main_block(top) for n in ast.walk(top)]
+
+
 def imported_modules(path: Path, name: str) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     is_pkg = path.name == "__init__.py"
     out: list[tuple[int, str]] = []
-    for node in ast.walk(tree):
+    for node in library_nodes(tree):
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -101,3 +121,29 @@ def test_rule_catches_an_upward_import(tmp_path):
     assert (1, "aptune.engine.loop") in found
     assert (2, "aptune.models") in found
     assert "engine" not in ALLOWED["models"]
+
+
+def test_walker_skips_main_blocks_only(tmp_path):
+    """An import in ``if __name__ == "__main__":`` is not a dependency; in any other ``if``
+    it is."""
+    src = tmp_path / "prepare.py"
+    src.write_text("import os\nif os.environ:\n    from aptune.engine import run\n"
+                   "if __name__ == '__main__':\n    from aptune.cli.prepare import main\n")
+    found = imported_modules(src, "aptune.data.prepare")
+    assert found == [(3, "aptune.engine")]
+
+
+def test_main_blocks_below_the_cli_only_hand_over_to_it():
+    """A ``__main__`` block outside ``aptune.cli`` keeps an old ``python -m`` command line
+    working: it imports from ``aptune.cli`` only and does nothing else itself."""
+    bad = []
+    for path in all_modules():
+        rel = str(path.relative_to(PACKAGE))
+        if rel.startswith("cli/"):
+            continue
+        for block in filter(is_main_block, ast.parse(path.read_text(encoding="utf-8")).body):
+            imports = [n for n in ast.walk(block) if isinstance(n, (ast.Import, ast.ImportFrom))]
+            sources = [n.module if isinstance(n, ast.ImportFrom) else "" for n in imports]
+            if len(block.body) > 2 or not all(s.startswith("aptune.cli") for s in sources):
+                bad.append(f"{rel}:{block.lineno}")
+    assert bad == [], f"__main__ blocks that do more than call aptune.cli: {bad}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,12 +13,15 @@ from safetensors import safe_open
 
 import aptune
 from aptune.cli import main
+from aptune.cli.pretrain import add_pretrain_parser, config_from_namespace
 from aptune.commands.demo import QUICK, train_flags
+from aptune.config import ConfigError
 from aptune.data.errors import DataError
 from aptune.data.synthetic import make_clip, write_video
 from aptune.data.transforms import normalize
 from aptune.models.convert import load_pretrained
 from aptune.pretrain import demo_backbone_config, demo_backbone_path
+from aptune.pretrain.config import PretrainConfig
 from aptune.pretrain.data import find_videos
 from aptune.pretrain.masking import random_mask, tube_mask
 from aptune.pretrain.model import build_pretrain_model, masked_mse, pixel_targets
@@ -226,6 +230,32 @@ def test_pretrain_flags_are_registered(capsys):
         assert flag in text
     with pytest.raises(SystemExit):
         main(["pretrain", "--data_path", "x", "--output_dir", "y", "--mask_ratio", "1.0"])
+
+
+def test_flags_become_the_config_and_its_defaults():
+    """Every PretrainConfig field is a flag whose default is the field's; a flag's value
+    arrives typed (``--opt_betas`` as a tuple)."""
+    parser = argparse.ArgumentParser()
+    add_pretrain_parser(parser.add_subparsers(dest="command"))
+    required = ["pretrain", "--data_path", "v", "--output_dir", "o"]
+    assert config_from_namespace(parser.parse_args(required)) == PretrainConfig("v", "o")
+    flags = [*required, "--opt_betas", "0.8", "0.9", "--no_norm_pix_loss", "--mask_type", "random"]
+    cfg = config_from_namespace(parser.parse_args(flags))
+    assert cfg.opt_betas == (0.8, 0.9) and cfg.norm_pix_loss is False
+    assert cfg.to_dict()["opt_betas"] == [0.8, 0.9] and cfg.mask_type == "random"
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [({"mask_ratio": 1.0}, "--mask_ratio must be in [0, 1), got 1.0"),
+     ({"epochs": 0}, "--epochs must be >= 1, got 0"),
+     ({"mask_type": "block"}, "--mask_type 'block': choose from tube, random")],
+)  # fmt: skip
+def test_config_rejects_what_the_flags_reject(bad, message):
+    """Built from Python, the config refuses the values the parser refuses, in its words."""
+    with pytest.raises(ConfigError) as err:
+        PretrainConfig("v", "o", **bad)
+    assert str(err.value) == message
 
 
 # -- bundled backbone -----------------------------------------------------------------------

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aptune.cli.prepare import add_prepare_parser, main, run_prepare
 from aptune.data import build_dataset, parse_video_list, read_class_names
 from aptune.data.datasets import DataConfig
-from aptune.data.prepare import add_prepare_parser, main, run_prepare
 
 
 def _lines(path: Path) -> list[str]:

@@ -36,15 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     from aptune.cli.evaluate import add_eval_parser
 
     add_eval_parser(sub)
+    from aptune.cli.demo import add_demo_parser
+    from aptune.cli.export import add_export_parser
     from aptune.cli.extract import add_extract_parser
-    from aptune.commands.demo import add_demo_parser
-    from aptune.commands.export import add_export_parser
-    from aptune.commands.info import add_info_parser
-    from aptune.commands.predict import add_predict_parser
+    from aptune.cli.info import add_info_parser
+    from aptune.cli.predict import add_predict_parser
+    from aptune.cli.prepare import add_prepare_parser
+    from aptune.cli.pretrain import add_pretrain_parser
+    from aptune.cli.report import add_report_parser
     from aptune.commands.profile import add_profile_parser
-    from aptune.commands.report import add_report_parser
-    from aptune.data.prepare import add_prepare_parser
-    from aptune.pretrain import add_pretrain_parser
 
     for add in (add_predict_parser, add_extract_parser, add_export_parser, add_report_parser,
                 add_info_parser, add_prepare_parser, add_profile_parser, add_pretrain_parser,

@@ -9,7 +9,6 @@ memory is its own) and evaluated on held-out videos.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from aptune.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -294,22 +295,41 @@ def plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``aptune demo`` runs; bad values fail here, naming the flag."""
+
+    out: Path = Path("aptune_demo")
+    quick: bool = False
+    methods: tuple[str, ...] = ()  # empty: QUICK_METHODS with ``quick``, else DEFAULT_METHODS
+    seed: int = 0
+    backbone: Path | None = None  # None: the bundled backbone
+    jobs: int | None = None  # None: default_parallel()
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in RECIPES]
+        if unknown:
+            raise ConfigError(
+                f"--methods: unknown {unknown[0]!r}; choose from {', '.join(RECIPES)}"
+            )
+        if self.jobs is not None and self.jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {self.jobs}")
+
+    def method_list(self) -> list[str]:
+        if self.methods:
+            return list(self.methods)
+        return list(QUICK_METHODS if self.quick else DEFAULT_METHODS)
+
+
+def run_demo(opts: DemoOptions) -> int:
+    """Write the videos, train every method, print and save the table; 1 if any failed."""
     from aptune.pretrain import demo_backbone_config
 
-    methods = (
-        args.methods.split(",")
-        if args.methods
-        else list(QUICK_METHODS if args.quick else DEFAULT_METHODS)
-    )
-    unknown = [m for m in methods if m not in RECIPES]
-    if unknown:
-        raise ValueError(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(RECIPES)}")
-    if args.jobs is not None and args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    scale = QUICK if args.quick else FULL
-    out = Path(args.out).resolve()
-    backbone = Path(args.backbone).resolve() if args.backbone else None
+    methods = opts.method_list()
+    scale = QUICK if opts.quick else FULL
+    out = Path(opts.out).resolve()
+    backbone = Path(opts.backbone).resolve() if opts.backbone else None
     cfg = demo_backbone_config(backbone)
     frames = int(cfg["data"].get("frames_per_video", 16))
     size = int(cfg["build_model_kwargs"]["input_size"])
@@ -317,15 +337,15 @@ def run_demo(args: argparse.Namespace) -> int:
     counts = f"{scale.train}/{scale.val}/{scale.test}"
     print(f"aptune demo: {scale.num_classes} classes x {counts} train/val/test videos "
           f"in {out / 'data'}")  # fmt: skip
-    make_data(out / "data", scale, frames, size, args.seed)
+    make_data(out / "data", scale, frames, size, opts.seed)
     rows, failed = [], []
-    bar = tqdm(total=len(methods) * scale.epochs, desc="demo", unit="epoch", disable=args.quiet)
+    bar = tqdm(total=len(methods) * scale.epochs, desc="demo", unit="epoch", disable=opts.quiet)
     jobs = [
-        Job(m, train_flags(m, out / "data", out / "runs" / m, scale, args.seed, backbone),
+        Job(m, train_flags(m, out / "data", out / "runs" / m, scale, opts.seed, backbone),
             out / "runs" / m)
         for m in methods
     ]  # fmt: skip
-    parallel = args.jobs or default_parallel()
+    parallel = opts.jobs or default_parallel()
     bar.set_postfix_str(f"{parallel} method(s) at a time")
     for job in run_jobs(jobs, scale.epochs, bar, parallel):
         if job.code != 0:
@@ -350,26 +370,3 @@ def run_demo(args: argparse.Namespace) -> int:
           f", {out / 'demo_results.json'}, plots {out / 'accuracy_vs_params.png'} and "
           f"{out / 'learning_curves.png'}; runs in {out / 'runs'}")  # fmt: skip
     return 1 if failed else 0
-
-
-def add_demo_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="compare linear probing, APT and full fine-tuning on synthetic videos (CPU)",
-        description=__doc__.splitlines()[0],
-    )
-    p.add_argument("--out", default="aptune_demo", help="output folder")
-    p.add_argument("--quick", action="store_true", help="smoke run: under a minute")
-    p.add_argument("--methods", default=None,
-                   help=f"comma list from {', '.join(RECIPES)} (default: "
-                   f"{','.join(DEFAULT_METHODS)})")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backbone", default=None,
-                   help="pre-trained encoder to start from instead of the bundled one: a "
-                   "pretrain.safetensors from aptune pretrain; the videos follow its "
-                   "input size and frame count")  # fmt: skip
-    p.add_argument("--jobs", type=int, default=None,
-                   help="methods trained side by side, each on cores/jobs threads (default: "
-                   "2 on 2+ cores, which finishes sooner than one at a time)")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_demo)

@@ -9,7 +9,6 @@ compared with PyTorch; a maximum relative error above ``TOLERANCE`` fails the ex
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -182,23 +181,3 @@ def export_run(run: Path, fmt: str, out: Path, which: str = "best") -> float:
     json_path = out.with_name(out.name + ".json")
     json_path.write_text(json.dumps(sidecar(trained, fmt, run, err), indent=2))
     return err
-
-
-def run_export(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    err = export_run(Path(args.run), args.format, out, args.which)
-    print(
-        f"{out}: {args.format}, checked against PyTorch on a random batch: max relative "
-        f"error {err:.2e} (tolerance {TOLERANCE:.0e})"
-    )
-    print(f"{out}.json: input shape, sampling, mean/std and class names")
-    return 0
-
-
-def add_export_parser(subparsers) -> None:
-    ex = subparsers.add_parser("export", help="a trained run as ONNX or TorchScript")
-    ex.add_argument("run", help="output_dir of an aptune train run")
-    ex.add_argument("--format", choices=FORMATS, default="onnx")
-    ex.add_argument("--out", required=True, help="output file (model.onnx, model.pt)")
-    ex.add_argument("--which", choices=["last", "best"], default="best")
-    ex.set_defaults(func=run_export)

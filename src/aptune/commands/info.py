@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yaml
@@ -14,8 +13,10 @@ from aptune.engine.run import run_checkpoint
 from aptune.tuning import parameter_report
 
 
-def run_info(args: argparse.Namespace) -> int:
-    run = Path(args.run)
+def print_info(run: Path) -> None:
+    """Print the run's report; each part as soon as it is known, so a run whose config
+    cannot be rebuilt still shows its checkpoints' status first."""
+    run = Path(run)
     print(f"run: {run}\ncheckpoints (newest first):")
     folders = checkpoint_folders(run) + ([run / BEST_NAME] if (run / BEST_NAME).is_dir() else [])
     for folder in folders:
@@ -35,10 +36,3 @@ def run_info(args: argparse.Namespace) -> int:
     metrics = run / "metrics.json"
     if metrics.is_file():
         print("final metrics:", metrics.read_text())
-    return 0
-
-
-def add_info_parser(subparsers) -> None:
-    i = subparsers.add_parser("info", help="checkpoint status, config, parameters, metrics")
-    i.add_argument("run")
-    i.set_defaults(func=run_info)

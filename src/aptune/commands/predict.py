@@ -8,8 +8,8 @@ and each video gets a CSV, a JSON and a plot of its classes over time.
 
 from __future__ import annotations
 
-import argparse
-import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -133,99 +133,48 @@ def predict_timeline(
     return rows, probs, meta
 
 
-def run_timelines(args: argparse.Namespace) -> int:
-    check_videos(args.videos)
-    stems = [Path(v.rstrip("/")).stem for v in args.videos]
+@dataclass
+class Timeline:
+    """One video's timeline as written: its files and segments, and how it was sliced."""
+
+    video: str
+    windows: int
+    clip_frames: int
+    sampling_rate: int
+    files: dict[str, str]
+    segments: list[dict]
+
+    def summary(self) -> dict:
+        """What ``--json`` prints for the video."""
+        return {"video": self.video, "files": self.files, "segments": self.segments}
+
+
+def timelines(
+    run: Path,
+    videos: list[str],
+    out: Path,
+    which: str = "best",
+    stride_s: float = 1.0,
+    topk: int = 5,
+    batch_size: int | None = None,
+    bf16: bool = False,
+    progress: bool = True,
+) -> Iterator[Timeline]:
+    """Write each video's timeline into ``out``; yields each as soon as it is written, so a
+    caller can report long videos one by one."""
+    check_videos(videos)
+    stems = [Path(v.rstrip("/")).stem for v in videos]
     twice = next((s for s in stems if stems.count(s) > 1), None)
     if twice is not None:
         raise DataError(
             f"two videos are named {twice!r}: their timelines would overwrite each "
             "other in --out; run them separately with different --out"
         )
-    trained = open_run(args.run, args.which)
-    out = Path(args.out or ".")
-    stride = 1.0 if args.stride is None else args.stride
-    report = []
-    for video in args.videos:
+    trained = open_run(run, which)
+    for video in videos:
         rows, probs, meta = predict_timeline(
-            trained, video, stride, args.topk, args.batch_size, args.bf16, not args.no_progress
+            trained, video, stride_s, topk, batch_size, bf16, progress
         )
         paths = write_timeline(video, rows, probs, trained.class_names, out, meta)
-        report.append(
-            {
-                "video": video,
-                "files": {k: str(p) for k, p in paths.items()},
-                "segments": segments(rows),
-            }
-        )
-        if args.json:
-            continue
-        print(
-            f"{video}: {len(rows)} windows of {meta['clip_frames']} frames x rate "
-            f"{meta['sampling_rate']}, every {stride:g} s -> {paths['csv']}"
-        )
-        for seg in report[-1]["segments"]:
-            print(
-                f"  {seg['start_s']:8.2f}s - {seg['end_s']:8.2f}s  {seg['name']:<30} "
-                f"{100 * seg['mean_prob']:6.2f}%  ({seg['windows']} windows)"
-            )
-    if args.json:
-        print(json.dumps(report, indent=2))
-    return 0
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    if args.timeline:
-        return run_timelines(args)
-    if args.out or args.stride is not None:
-        raise DataError("--out and --stride go with --timeline: add --timeline")
-    results = predict_videos(
-        Path(args.run),
-        args.videos,
-        args.which,
-        args.topk,
-        bf16=args.bf16,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for item in results:
-        print(item["path"])
-        for rank, (idx, name, prob) in enumerate(item["topk"], 1):
-            print(f"  {rank}. {name:<30} {100 * prob:6.2f}%  (class {idx})")
-    return 0
-
-
-def add_predict_parser(subparsers) -> None:
-    pr = subparsers.add_parser(
-        "predict", help="top-k classes of new videos with a trained run (or over time: --timeline)"
-    )
-    pr.add_argument("videos", nargs="+", help="video files (.avi, .mp4, .webm, frame folders)")
-    pr.add_argument("--run", required=True, help="output_dir of an aptune train run")
-    pr.add_argument("--which", choices=["last", "best"], default="best")
-    pr.add_argument("--topk", type=int, default=5)
-    pr.add_argument("--json", action="store_true", help="print JSON")
-    pr.add_argument(
-        "--timeline",
-        action="store_true",
-        help="slide the run's clip over each whole video; write "
-        "<stem>.timeline.csv/.json/.png and print the segments",
-    )
-    pr.add_argument(
-        "--stride",
-        type=float,
-        default=None,
-        help="--timeline: seconds between window starts (default 1.0)",
-    )
-    pr.add_argument("--out", default=None, help="--timeline: output folder (default: .)")
-    pr.add_argument(
-        "--batch_size",
-        type=int,
-        default=None,
-        help="clips per forward pass (default: the run's batch_size_val)",
-    )
-    pr.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast")
-    pr.add_argument("--no_progress", action="store_true", help="no progress bar")
-    pr.set_defaults(func=run_predict)
+        yield Timeline(video, len(rows), meta["clip_frames"], meta["sampling_rate"],
+                       {k: str(p) for k, p in paths.items()}, segments(rows))  # fmt: skip

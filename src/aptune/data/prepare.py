@@ -8,9 +8,7 @@ and the total) and left out of the lists; nothing found at all is an error.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +24,6 @@ from .lists import (
 )
 
 DATASETS = ("ucf101", "hmdb51", "ssv2", "folder")
-SHOW_MISSING = 5
 
 
 @dataclass
@@ -137,69 +134,7 @@ def prepare(
     return result
 
 
-def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `prepare` on the CLI's sub-command parsers."""
-    p = subparsers.add_parser(
-        "prepare",
-        help="write VideoMAE list files (train/val/test.csv, classes.txt) for a dataset",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("dataset", choices=DATASETS, help="layout of --root")
-    p.add_argument("--root", required=True, help="dataset download folder")
-    p.add_argument("--split", type=int, choices=(1, 2, 3), default=1, help="UCF101/HMDB51 split")
-    p.add_argument("--out", required=True, help="folder for the list files (--data_path)")
-    p.add_argument("--video_root", default=None, help="folder of the videos if not under --root")
-    p.add_argument(
-        "--absolute",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="absolute video paths (default); --no-absolute writes paths relative to the "
-        "video folder, to be joined with --data_root at training time",
-    )
-    p.add_argument("--val_ratio", type=float, default=0.2, help="folder: held-out fraction")
-    p.set_defaults(func=run_prepare)
+if __name__ == "__main__":  # `python -m aptune.data.prepare ...`: the command line is the CLI's
+    from aptune.cli.prepare import main
 
-
-def run_prepare(args: argparse.Namespace) -> int:
-    """Run `prepare` from parsed flags; prints counts and missing videos; returns exit code."""
-    try:
-        result = prepare(
-            args.dataset, args.root, args.out, args.split, args.video_root, args.absolute,
-            args.val_ratio,
-        )  # fmt: skip
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.dataset}: {len(result.classes)} classes -> {result.out}")
-    for name in ("train", "val", "test"):
-        print(f"  {name + '.csv':10s} {result.counts[name]:7d} videos")
-    if result.counts["unlabeled_test"]:
-        print(f"  (test json: {result.counts['unlabeled_test']} unlabelled ids, not listed)")
-    if result.missing:
-        shown = ", ".join(result.missing[:SHOW_MISSING])
-        more = " ..." if len(result.missing) > SHOW_MISSING else ""
-        print(
-            f"warning: {len(result.missing)} of {result.listed} videos named in the split "
-            f"files are missing on disk (check --root / --video_root): {shown}{more}",
-            file=sys.stderr,
-        )
-    if result.listed and len(result.missing) == result.listed:
-        print("error: none of the listed videos exist on disk", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m aptune.data.prepare ucf101 --root ... --out ...`."""
-    parser = argparse.ArgumentParser(prog="aptune")
-    add_prepare_parser(parser.add_subparsers(dest="command", required=True))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "prepare":
-        argv.insert(0, "prepare")
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,8 +1,8 @@
 """VideoMAE self-supervised pre-training (``aptune pretrain``) and the bundled backbone.
 
-``add_pretrain_parser`` is imported by ``aptune.cli`` on every call, so this module stays
-light: the model, masking and the loop load on first use (``aptune.pretrain.PretrainVideoMAE``
-works as usual through the lazy ``__getattr__``).
+``aptune.cli`` imports this package to build its parsers on every call, so it stays light:
+the options, the model, masking and the loop load on first use
+(``aptune.pretrain.PretrainVideoMAE`` works as usual through the lazy ``__getattr__``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aptune.pretrain.cli import add_pretrain_parser
-
 DEMO_BACKBONE = "demo_backbone.safetensors"
 _LAZY = {
+    "PretrainConfig": "aptune.pretrain.config",
     "PretrainVideoMAE": "aptune.pretrain.model",
     "build_pretrain_model": "aptune.pretrain.model",
     "pixel_targets": "aptune.pretrain.model",
@@ -27,12 +26,12 @@ _LAZY = {
 
 def demo_backbone_path() -> Path:
     """The bundled pre-trained tiny encoder (``aptune/assets/demo_backbone.safetensors``)."""
+    from aptune.models.checkpoint_files import checkpoint_error
+
     path = Path(__file__).resolve().parent.parent / "assets" / DEMO_BACKBONE
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: the bundled backbone is missing; rebuild it with "
-            "scripts/make_demo_backbone.sh or reinstall aptune"
-        )
+        raise checkpoint_error(path, "the bundled backbone is missing; rebuild it with "
+                               "scripts/make_demo_backbone.sh or reinstall aptune")  # fmt: skip
     return path
 
 
@@ -45,22 +44,24 @@ def demo_backbone_config(path: str | Path | None = None) -> dict[str, Any]:
     sampling rate), which the demo's labelled videos should match. ``path`` is a file
     written by ``aptune pretrain`` (``pretrain.safetensors``) or by
     ``scripts/make_demo_backbone.sh``; both carry the architecture in their metadata.
+    A file that is none of these is a one-line ``CheckpointError`` naming it.
     """
     from safetensors import safe_open
 
+    from aptune.models.checkpoint_files import checkpoint_error, first_line
+
     source = Path(path) if path is not None else demo_backbone_path()
     if not source.is_file():
-        raise FileNotFoundError(f"{source}: no such backbone file")
+        raise checkpoint_error(source, "no such backbone file")
     try:
         with safe_open(str(source), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for non-safetensors
-        raise ValueError(f"{source}: not a safetensors file ({exc})") from exc
+        raise checkpoint_error(source, f"not a safetensors file ({first_line(exc)})") from exc
     if "architecture" not in meta:
-        raise ValueError(
-            f"{source}: no 'architecture' metadata; use a pretrain.safetensors written by "
-            "aptune pretrain or a file from scripts/make_demo_backbone.sh"
-        )
+        raise checkpoint_error(source, "no 'architecture' metadata; use a pretrain.safetensors "
+                               "written by aptune pretrain or a file from "
+                               "scripts/make_demo_backbone.sh")  # fmt: skip
     arch = json.loads(meta["architecture"])
     return {
         "build_model_kwargs": {
@@ -85,7 +86,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEMO_BACKBONE",
-    "add_pretrain_parser",
     "demo_backbone_config",
     "demo_backbone_path",
     *_LAZY,

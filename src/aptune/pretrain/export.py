@@ -10,7 +10,6 @@ in the safetensors metadata; the card is generated from the same numbers.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -116,26 +115,26 @@ def model_card(info: dict, command: str, config: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="output_dir of aptune pretrain")
-    p.add_argument("out", type=Path, help="encoder .safetensors to write")
-    p.add_argument("--card", type=Path, default=None, help="model card .md to write")
-    p.add_argument("--data", default="{}", help="JSON describing the pre-training videos")
-    p.add_argument("--command", default="", help="command that rebuilds it (for the card)")
-    p.add_argument("--build_time_s", type=float, default=None)
-    p.add_argument("--machine", default="")
-    args = p.parse_args(argv)
-    extra = {"build_time_s": args.build_time_s, "machine": args.machine}
-    info = export_encoder(args.run, args.out, json.loads(args.data), extra)
-    if args.card is not None:
+def export_backbone(
+    run: Path,
+    out: Path,
+    data: dict,
+    extra: dict | None = None,
+    card: Path | None = None,
+    command: str = "",
+) -> dict:
+    """:func:`export_encoder`, then the model card at ``card`` (from the run's
+    ``config.yaml``) when one is asked for; returns the encoder's metadata."""
+    info = export_encoder(run, out, data, extra)
+    if card is not None:
         import yaml
 
-        config = yaml.safe_load((args.run / "config.yaml").read_text())
-        args.card.write_text(model_card(info, args.command, config))
-    print(json.dumps({k: info[k] for k in ("num_params", "bytes")}), f"-> {args.out}")
-    return 0
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        card.write_text(model_card(info, command, config))
+    return info
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m aptune.pretrain.export`: the command line is the CLI's
+    from aptune.cli.pretrain import export_main
+
+    raise SystemExit(export_main())

@@ -15,7 +15,6 @@ Output folder: ``config.yaml``, ``log.txt``, ``checkpoint-NNNN/`` and, at the en
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from aptune.engine.distributed import (
 from aptune.engine.loop import Precision, TrainStep, resolve_precision, train_one_epoch
 from aptune.engine.optim import build_optimizer, cosine_schedule, scaled_lr
 from aptune.engine.reports import RunLogger
+from aptune.pretrain.config import PretrainConfig
 from aptune.pretrain.data import UnlabelledClips, find_videos
 from aptune.pretrain.masking import MASKS
 from aptune.pretrain.model import PretrainVideoMAE, build_pretrain_model, masked_mse, pixel_targets
@@ -91,102 +91,99 @@ class MaskedVideoObjective(nn.Module):
         return masked_mse(pred, target, mask)
 
 
-def _args_dict(args: argparse.Namespace) -> dict:
-    """The resolved pre-training options as plain YAML/JSON types."""
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in sorted(vars(args).items()) if k not in ("func", "config")}  # fmt: skip
-
-
-def _save_args(args: argparse.Namespace, path: Path) -> None:
+def _save_config(cfg: PretrainConfig, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(_args_dict(args), sort_keys=True))
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
     os.replace(tmp, path)
 
 
-def build_from_args(args: argparse.Namespace) -> PretrainVideoMAE:
+def build_from_config(cfg: PretrainConfig) -> PretrainVideoMAE:
     return build_pretrain_model(
-        args.model, num_frames=args.num_frames, img_size=args.input_size,
-        tubelet_size=args.tubelet_size, decoder_dim=args.decoder_dim,
-        decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_num_heads,
-        drop_path=args.drop_path,
+        cfg.model, num_frames=cfg.num_frames, img_size=cfg.input_size,
+        tubelet_size=cfg.tubelet_size, decoder_dim=cfg.decoder_dim,
+        decoder_depth=cfg.decoder_depth, decoder_num_heads=cfg.decoder_num_heads,
+        drop_path=cfg.drop_path,
     )  # fmt: skip
 
 
-def _train_step(args, model, objective, info: DistInfo, steps: int) -> TrainStep:
+def _train_step(
+    cfg: PretrainConfig, model: nn.Module, objective: nn.Module, info: DistInfo, steps: int
+) -> TrainStep:
     world = info.world_size
-    lr = scaled_lr(args.lr, args.batch_size, args.update_freq, world)
-    min_lr = scaled_lr(args.min_lr, args.batch_size, args.update_freq, world)
-    warmup_lr = scaled_lr(args.warmup_lr, args.batch_size, args.update_freq, world)
+    lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.update_freq, world)
+    min_lr = scaled_lr(cfg.min_lr, cfg.batch_size, cfg.update_freq, world)
+    warmup_lr = scaled_lr(cfg.warmup_lr, cfg.batch_size, cfg.update_freq, world)
     optimizer = build_optimizer(
-        model, opt="adamw", lr=lr, weight_decay=args.weight_decay, opt_eps=args.opt_eps,
-        opt_betas=tuple(args.opt_betas),
+        model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, opt_eps=cfg.opt_eps,
+        opt_betas=cfg.opt_betas,
     )  # fmt: skip
     lr_values = cosine_schedule(
-        lr, min_lr, args.epochs, steps, args.warmup_epochs, warmup_lr, args.warmup_steps
+        lr, min_lr, cfg.epochs, steps, cfg.warmup_epochs, warmup_lr, cfg.warmup_steps
     )
-    wd_values = cosine_schedule(args.weight_decay, args.weight_decay, args.epochs, steps)
+    wd_values = cosine_schedule(cfg.weight_decay, cfg.weight_decay, cfg.epochs, steps)
     precision = (
-        Precision("bf16", info.device.type) if args.bf16 else resolve_precision("fp32", info.device)
+        Precision("bf16", info.device.type) if cfg.bf16 else resolve_precision("fp32", info.device)
     )
     return TrainStep(
         model=objective, optimizer=optimizer, lr_values=lr_values, wd_values=wd_values,
-        steps_per_epoch=steps, update_freq=args.update_freq, clip_grad=args.clip_grad,
+        steps_per_epoch=steps, update_freq=cfg.update_freq, clip_grad=cfg.clip_grad,
         precision=precision, criterion=lambda loss, _labels: loss,
-        max_steps=args.max_steps_per_epoch,
+        max_steps=cfg.max_steps_per_epoch,
     )  # fmt: skip
 
 
-def run_pretrain(args: argparse.Namespace) -> int:
-    """Entry point of ``aptune pretrain`` (set by ``add_pretrain_parser``)."""
-    info = init_distributed(args.device, args.local_rank)
+def run_pretrain(cfg: PretrainConfig) -> int:
+    """``aptune pretrain``: the job in this process's distributed group."""
+    info = init_distributed(cfg.device, cfg.local_rank)
     try:
-        pretrain(args, info)
+        pretrain(cfg, info)
     finally:
         cleanup(info)
     return 0
 
 
-def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
+def pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> dict:
     """Run (or resume) a pre-training job; returns a summary of the run."""
     info = info or DistInfo()
-    out = T.run_dir(args.output_dir)
+    out = T.run_dir(cfg.output_dir)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _save_args(args, out / "config.yaml")
-    T.seed_everything(seeds.process_seed(args.seed, info.rank))
-    videos, source = find_videos(args.data_path, args.data_root)
+        _save_config(cfg, out / "config.yaml")
+    T.seed_everything(seeds.process_seed(cfg.seed, info.rank))
+    videos, source = find_videos(cfg.data_path, cfg.data_root)
     dataset = UnlabelledClips(
-        videos, args.num_frames, args.sampling_rate, args.input_size, flip=args.flip,
-        scale=(args.min_crop_scale, 1.0), backend=args.decoder, strict=args.strict_data,
+        videos, cfg.num_frames, cfg.sampling_rate, cfg.input_size, flip=cfg.flip,
+        scale=(cfg.min_crop_scale, 1.0), backend=cfg.decoder, strict=cfg.strict_data,
     )  # fmt: skip
-    model = build_from_args(args).to(info.device)
-    objective = MaskedVideoObjective(model, args.mask_ratio, args.norm_pix_loss, args.seed,
-                                     info.rank, args.mask_type).to(info.device)  # fmt: skip
+    model = build_from_config(cfg).to(info.device)
+    objective = MaskedVideoObjective(model, cfg.mask_ratio, cfg.norm_pix_loss, cfg.seed,
+                                     info.rank, cfg.mask_type).to(info.device)  # fmt: skip
     ddp = T.wrap_ddp(objective, info)
-    steps = T.steps_per_epoch(len(dataset), args.batch_size, args.update_freq, info.world_size)
-    ts = _train_step(args, model, ddp, info, steps)
-    loader = T.EpochLoader(dataset, info, train=True, seed=args.seed, batch_size=args.batch_size,
-                           num_workers=args.num_workers, pin_mem=args.pin_mem)
+    steps = T.steps_per_epoch(len(dataset), cfg.batch_size, cfg.update_freq, info.world_size)
+    ts = _train_step(cfg, model, ddp, info, steps)
+    # pre-training has no --pin_mem flag: host memory is never pinned
+    loader = T.EpochLoader(dataset, info, train=True, seed=cfg.seed, batch_size=cfg.batch_size,
+                           num_workers=cfg.num_workers, pin_mem=False)  # fmt: skip
     n_params = sum(p.numel() for p in model.parameters())
     n_enc = sum(p.numel() for p in model.encoder.parameters())
     if info.is_main:
         log.info("pre-training %s (encoder %s params, total %s) on %d videos from %s; "
                  "%d steps/epoch, %s masking ratio %.2f, tokens %s, precision %s",
-                 args.model, f"{n_enc:,}", f"{n_params:,}", len(videos), source, steps,
-                 args.mask_type, args.mask_ratio, model.grid, ts.precision.name)  # fmt: skip
+                 cfg.model, f"{n_enc:,}", f"{n_params:,}", len(videos), source, steps,
+                 cfg.mask_type, cfg.mask_ratio, model.grid, ts.precision.name)  # fmt: skip
     start_epoch = 0
-    ckpt = find_latest_checkpoint(out) if args.auto_resume else None
+    ckpt = find_latest_checkpoint(out) if cfg.auto_resume else None
     if ckpt is not None:
         state = load_training_state(ckpt, model, ts.optimizer)
         start_epoch = state["epoch"] + 1
         log.info("resumed from %s (epoch %d done)", ckpt, state["epoch"])
-    logger = RunLogger(out, args.log_dir, info.is_main, start_epoch)
-    config, started = _args_dict(args), time.perf_counter()
-    for epoch in range(start_epoch, args.epochs):
-        T.seed_everything(seeds.epoch_process_seed(args.seed, info.rank, epoch))
+    logger = RunLogger(out, cfg.log_dir, info.is_main, start_epoch)
+    config, started = cfg.to_dict(), time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        T.seed_everything(seeds.epoch_process_seed(cfg.seed, info.rank, epoch))
         loader.set_epoch(epoch)
         objective.set_epoch(epoch)
-        stats = train_one_epoch(ts, loader, epoch, info, not args.no_progress,
+        stats = train_one_epoch(ts, loader, epoch, info, not cfg.no_progress,
                                 on_step=logger.step)  # fmt: skip
         skipped = [p for s in all_gather_objects(stats.skipped, info) for p, _ in s]
         record = {"epoch": epoch, **stats.as_dict(), "skipped_videos": len(skipped),
@@ -195,16 +192,16 @@ def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
             log.info("epoch %d: loss %.4f, lr %.2e, %.1f clips/s", epoch, stats.loss,
                      stats.lr, stats.clips_per_s)  # fmt: skip
             logger.epoch(record)
-            last = epoch + 1 == args.epochs
-            if (epoch + 1) % args.save_ckpt_freq == 0 or last:
+            last = epoch + 1 == cfg.epochs
+            if (epoch + 1) % cfg.save_ckpt_freq == 0 or last:
                 save_training_state(out, epoch, model, ts.optimizer, config=config,
                                     extra={"kind": "pretrain"}, trainable_only=False)  # fmt: skip
         barrier(info)
     history = logger.history()
     logger.close()
     summary = {
-        "model": args.model,
-        "epochs": args.epochs,
+        "model": cfg.model,
+        "epochs": cfg.epochs,
         "final_loss": history[-1]["train_loss"] if history else None,
         "loss_per_epoch": [round(h["train_loss"], 4) for h in history],
         "videos": len(videos),
@@ -222,7 +219,7 @@ def pretrain(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
                                      "summary": summary})  # fmt: skip
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info("pre-trained weights: %s (VideoMAE pre-training layout; fine-tune with "
-                 "aptune train --model %s --finetune %s)", out / PRETRAIN_FILE, args.model,
+                 "aptune train --model %s --finetune %s)", out / PRETRAIN_FILE, cfg.model,
                  out / PRETRAIN_FILE)  # fmt: skip
     barrier(info)
     return summary
