@@ -17,6 +17,7 @@ this machine's measured bf16 GEMM rate on the model's own GEMM shape.
     OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --allocator system   # glibc defaults
     OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --alone reference-style  # its faults
     OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --alone sdpa --fp32 --profile  # ops
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py --alone plain --forward  # eval
     python benchmarks/bench_train_step.py --model vit_nano --frames 4 --size 32 --no-compile
 """
 
@@ -39,6 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import aptune
+from aptune.config import RunConfig
 from aptune.engine.distributed import DistInfo
 from aptune.engine.loop import Precision
 from aptune.engine.speed import cast_frozen_weights, prepare_model_for_speed
@@ -154,6 +156,16 @@ def train_step(
     return step
 
 
+def forward_step(model: nn.Module, x: torch.Tensor, precision: Precision) -> Callable:
+    """An evaluation forward: no autograd graph."""
+
+    def step() -> None:
+        with torch.no_grad(), precision.autocast():
+            model(x)
+
+    return step
+
+
 def saved_bytes(model: nn.Module, x: torch.Tensor, precision: Precision) -> int:
     """Bytes autograd keeps for backward (unique storages, parameters excluded)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -254,6 +266,11 @@ def main() -> None:
         "table of the ops that took the most CPU time (where a step's time goes)",
     )
     p.add_argument("--fp32", action="store_true", help="with --alone: fp32 instead of bf16")
+    p.add_argument(
+        "--forward",
+        action="store_true",
+        help="with --alone: time no-grad forwards (evaluation) instead of train steps",
+    )
     a = p.parse_args()
     print(keep_freed_memory() if a.allocator == "keep" else "allocator: glibc's defaults")
     global CLOCK
@@ -272,7 +289,7 @@ def main() -> None:
           f"{'CPU' if cpu else 'wall'} seconds")  # fmt: skip
 
     if a.alone is not None:  # before anything else touches the heap
-        return alone(ours, a.alone, x, y, fp32 if a.fp32 else bf16, a.profile)
+        return alone(ours, a.alone, x, y, fp32 if a.fp32 else bf16, a.profile, a.forward)
 
     def with_impl(model: nn.Module, impl: str, step: Callable) -> Callable:
         def run() -> None:
@@ -284,8 +301,8 @@ def main() -> None:
     cast = copy.deepcopy(ours)
     cast_frozen_weights(cast, torch.bfloat16)
     auto = copy.deepcopy(ours)
-    flags = argparse.Namespace(attn_impl="auto", batch_size=a.batch, num_frames=a.frames,
-                               input_size=a.size, compile=False)  # fmt: skip
+    flags = RunConfig.from_values(dict(batch_size=a.batch, num_frames=a.frames,
+                                       input_size=a.size))  # fmt: skip
     prepare_model_for_speed(auto, flags, DistInfo(), bf16)
     picked = auto.blocks[0].attn.attn_impl
     ref = RefViT(ours)
@@ -356,10 +373,11 @@ ALONE = (
 
 
 def alone(ours: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, precision,
-          profile: bool = False) -> None:  # fmt: skip
+          profile: bool = False, forward: bool = False) -> None:  # fmt: skip
     """One configuration by itself, nothing else built or run in the process: its page
     faults and CPU seconds, step by step (what it pays in its own process); with
-    ``profile``, where two more steps spend their time, op by op."""
+    ``profile``, where two more steps spend their time, op by op; with ``forward``,
+    evaluation forwards instead of train steps."""
     if name not in ALONE:
         raise SystemExit(f"--alone: one of {', '.join(map(repr, ALONE))}; got {name!r}")
     if name == "reference-style":
@@ -369,7 +387,7 @@ def alone(ours: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, precisio
         model.set_attn_impl(name.split(" + ")[0])
         if name.endswith("bf16 frozen"):
             cast_frozen_weights(model, torch.bfloat16)
-    step = train_step(model, x, y, precision)
+    step = forward_step(model, x, precision) if forward else train_step(model, x, y, precision)
     for i in range(6):
         before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.process_time()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 
@@ -10,10 +9,12 @@ import pytest
 import torch
 
 import aptune
+from aptune.config import RunConfig
 from aptune.engine import speed
 from aptune.engine.distributed import DistInfo, unwrap
 from aptune.engine.loop import Precision
 from aptune.engine.weights import model_tensors
+from aptune.models.vit import VisionTransformer
 
 BF16 = Precision("bf16", "cpu")
 FRAMES, SIZE = 4, 32
@@ -38,11 +39,11 @@ def clips(batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
 
-def run_args(**kw) -> argparse.Namespace:
+def run_args(**kw) -> RunConfig:
     base = dict(attn_impl="auto", batch_size=2, batch_size_val=None, num_frames=FRAMES)
     base.update(input_size=SIZE, compile=False)
     base.update(kw)
-    return argparse.Namespace(**base)
+    return RunConfig.from_values(base)
 
 
 def impls(model: torch.nn.Module) -> set[str]:
@@ -50,90 +51,65 @@ def impls(model: torch.nn.Module) -> set[str]:
 
 
 # -- the choice -------------------------------------------------------------------------------
-class FakeTimer:
-    """``measure`` with fixed seconds per impl; records the order of the calls."""
-
-    def __init__(self, sdpa: float, plain: float, recompute: float = 9.0) -> None:
-        self.seconds = {"sdpa": sdpa, "plain": plain, "recompute": recompute}
-        self.calls: list[str] = []
-
-    def __call__(self, impl: str) -> float:
-        self.calls.append(impl)
-        return self.seconds[impl]
+ROOMY = 1 << 40  # bytes: plain's scores always fit
 
 
 @pytest.mark.parametrize(
-    "sdpa,plain,recompute,expected",
+    "device,dtype,train,transfer_type,expected",
     [
-        (1.0, 0.5, 0.8, "plain"),
-        (0.6, 1.0, 0.8, "sdpa"),
-        (1.0, 0.9, 0.7, "recompute"),
-        (1.0, 0.6, 0.8, "recompute"),  # plain within PLAIN_MARGIN: the lean kernel
-        (1.0, 0.80, 1.0, "sdpa"),  # 20% faster is not enough either
-        (1.0, 0.70, 1.0, "plain"),  # 30% of the time saved (1.43x) is
-        (1.0, 0.97, 1.0, "sdpa"),  # and a tie of the lean two keeps sdpa
+        ("cuda", torch.float16, True, "prompt", "sdpa"),  # --precision auto on a GPU
+        ("cuda", torch.bfloat16, True, "end2end", "sdpa"),
+        ("cuda", torch.float32, True, "prompt", "sdpa"),
+        ("cpu", torch.float32, True, "prompt", "sdpa"),  # --precision auto on a CPU
+        ("cpu", torch.bfloat16, True, "prompt", "plain"),
+        ("cpu", torch.float16, True, "lora", "plain"),
+        ("cpu", torch.bfloat16, False, "prompt", "plain"),  # evaluation: forward only
+        ("cpu", torch.bfloat16, True, "linear", "plain"),  # linear probing: forwards only
+        ("cpu", torch.float32, False, "linear", "sdpa"),
     ],
 )
-def test_auto_keeps_the_fastest_path(sdpa, plain, recompute, expected):
-    model, timer = tiny(), FakeTimer(sdpa, plain, recompute)
-    choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, 1 << 40)
+def test_auto_rule(device, dtype, train, transfer_type, expected):
+    choice = speed.choose_attn_impl(tiny(transfer_type), "auto", 2, dtype, train, ROOMY, device)
     assert choice.impl == expected
-    assert choice.seconds == {"sdpa": sdpa, "recompute": recompute, "plain": plain}
-    # 1 warm-up + 3 timed rounds, every impl each round, the order alternating
-    forward, backward = ["sdpa", "recompute", "plain"], ["plain", "recompute", "sdpa"]
-    assert timer.calls == (forward + backward) * 2
-    line = choice.log_line()
-    assert f"sdpa {sdpa:.3f} s" in line and f"plain {plain:.3f} s" in line
-    assert f"recompute {recompute:.3f} s" in line and line.endswith(f"-> {expected}")
+    assert choice.log_line().startswith(f"attention auto: {expected} (")
 
 
-def test_recompute_is_a_candidate_only_when_training_on_a_cpu():
-    """Its forward is SDPA's own kernel, and off the CPU it is SDPA: timing it there would
-    only spend steps."""
-    model = tiny()
-    for train, device in ((False, "cpu"), (True, "cuda")):
-        timer = FakeTimer(1.0, 0.7, 0.1)
-        choice = speed.choose_attn_impl(
-            model, "auto", 2, torch.bfloat16, train, timer, 1 << 40, device=device
-        )
-        assert choice.impl == "plain" and set(timer.calls) == {"sdpa", "plain"}
+def test_auto_on_cuda_picks_sdpa_whatever_the_memory():
+    """The CPU kernels are not candidates on a GPU, not even where plain's scores fit."""
+    for available in (None, 1, ROOMY):
+        choice = speed.choose_attn_impl(tiny(), "auto", 2, torch.float16, True, available, "cuda")
+        assert choice.impl == "sdpa" and "cuda" in choice.reason
 
 
-def test_time_impls_takes_medians_and_one_repeat_for_slow_steps():
-    noisy = {"sdpa": iter([9.0, 1.0, 5.0, 2.0]), "plain": iter([9.0, 3.0, 7.0, 4.0])}
-    measured = speed.time_impls(lambda impl: next(noisy[impl]), warmup=1, repeats=3, slow=100.0)
-    assert measured == {"sdpa": 2.0, "plain": 4.0}  # warm-up dropped, medians of the rest
-    calls: list[str] = []
-    speed.time_impls(lambda impl: calls.append(impl) or 10.0, warmup=1, repeats=3, slow=2.0)
-    assert len(calls) == 4  # a 10 s warm-up step: one timed round only
-
-
-def test_plain_is_never_timed_when_its_scores_do_not_fit():
+def test_cpu_training_takes_the_lean_kernel_where_plain_does_not_fit(monkeypatch):
     model = tiny()
     need = speed.plain_score_bytes(model, 2, torch.bfloat16, train=True)
-    timer = FakeTimer(sdpa=1.0, plain=0.1, recompute=0.5)
-    choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, need)
-    assert choice.impl == "recompute" and "plain" not in timer.calls
-    assert "plain not timed" in choice.log_line()
-    timer.calls.clear()  # unknown memory: the safe paths only
-    choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, None)
-    assert choice.impl == "recompute" and set(timer.calls) == {"sdpa", "recompute"}
-    timer.calls.clear()  # evaluation without room for plain: sdpa alone, nothing timed
-    choice = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, False, timer, 1)
-    assert choice.impl == "sdpa" and timer.calls == [] and "not timed" in choice.log_line()
-    roomy = int(need / speed.MEMORY_SHARE) + 1
-    assert speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, timer, roomy).impl == (
-        "plain"
-    )
+    fits = int(need / speed.MEMORY_SHARE) + 1
+
+    def pick(available: int | None) -> str:
+        return speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, available).impl
+
+    assert pick(fits) == "plain"
+    assert pick(fits - 2) == "recompute" and pick(None) == "recompute"  # unknown: lean
+    line = speed.choose_attn_impl(model, "auto", 2, torch.bfloat16, True, need).log_line()
+    assert "GiB available: too big" in line
+    for train, transfer_type in ((False, "prompt"), (True, "linear")):  # no backward to run
+        forward_only = speed.choose_attn_impl(
+            tiny(transfer_type), "auto", 2, torch.bfloat16, train, None
+        )
+        assert forward_only.impl == "sdpa"
+    monkeypatch.setattr(speed, "recompute_supported", lambda: False)  # a torch without its op
+    assert pick(None) == "sdpa" and pick(fits) == "plain"
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("impl", ["sdpa", "plain", "recompute"])
-def test_explicit_impl_is_kept_without_timing(impl):
-    timer = FakeTimer(1.0, 1.0)
-    choice = speed.choose_attn_impl(tiny(), impl, 2, torch.float32, True, timer, 1 << 40)
-    assert choice.impl == impl and timer.calls == []
+def test_explicit_impl_is_kept_on_every_device(impl, device):
+    choice = speed.choose_attn_impl(tiny(), impl, 2, torch.float16, True, 1, device)
+    assert choice.impl == impl
+    assert choice.log_line() == f"attention {impl}: {impl} (--attn_impl {impl})"
     with pytest.raises(ValueError, match="--attn_impl"):
-        speed.choose_attn_impl(tiny(), "flash", 2, torch.float32, True, timer, 1 << 40)
+        speed.choose_attn_impl(tiny(), "flash", 2, torch.float32, True, ROOMY, device)
 
 
 def test_plain_score_bytes_in_closed_form():
@@ -239,35 +215,56 @@ def test_bitfit_keeps_its_trainable_biases_fp32():
 
 
 # -- the entry point ------------------------------------------------------------------------------
-def test_prepare_times_on_the_run_shapes_and_leaves_no_trace(caplog):
+def _no_steps(monkeypatch) -> None:
+    """The choice is a rule: no forward may run (it would spend steps and RNG draws)."""
+    monkeypatch.setattr(
+        VisionTransformer, "forward", lambda *a, **k: pytest.fail("the model ran a step")
+    )
+
+
+def test_prepare_decides_without_running_the_model(caplog, monkeypatch):
+    _no_steps(monkeypatch)
     model = tiny("prompt", prompt_dropout=0.5)
-    model.eval()
     torch.manual_seed(123)
     expected_next = torch.rand(4)
     torch.manual_seed(123)
     with caplog.at_level(logging.INFO, logger="aptune"):
         out = speed.prepare_model_for_speed(model, run_args(), DistInfo(), BF16)
     assert torch.equal(torch.rand(4), expected_next)  # the run's RNG stream is untouched
-    assert out is model and not model.training
-    assert all(p.grad is None for p in model.parameters())
-    assert len(impls(model)) == 1 and impls(model) <= {"sdpa", "plain", "recompute"}
-    lines = [r.getMessage() for r in caplog.records if "attention auto" in r.getMessage()]
-    assert len(lines) == 1 and "train step (bfloat16, batch 2)" in lines[0]
-    assert all(f"{impl} " in lines[0] for impl in ("sdpa", "plain", "recompute"))
+    assert out is model and impls(model) == {"plain"}  # bf16 CPU training, scores fit
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("attention")]
+    assert len(lines) == 1 and "attention auto: plain (CPU, bfloat16; plain's scores" in lines[0]
     assert model.blocks[1].mlp.fc1.weight.dtype == torch.bfloat16
 
 
-def test_prepare_eval_times_forward_only_and_explicit_flag_wins(caplog):
-    model = tiny("linear")
+def test_prepare_on_a_gpu_takes_sdpa_without_touching_the_gpu(monkeypatch):
+    """``--precision auto`` is fp16 on CUDA: the run's kernel is SDPA, decided without a
+    step and without asking the device for its free memory."""
+    _no_steps(monkeypatch)
+    monkeypatch.setattr(speed, "available_memory", lambda d: pytest.fail("asked for memory"))
+    cuda = DistInfo(device=torch.device("cuda"))
+    for transfer_type in ("prompt", "end2end", "lora"):
+        model = tiny(transfer_type)
+        speed.prepare_model_for_speed(model, run_args(), cuda, Precision("fp16", "cuda"))
+        assert impls(model) == {"sdpa"}
+    model = tiny("prompt")  # the CPU kernels only when asked
+    speed.prepare_model_for_speed(model, run_args(attn_impl="plain"), cuda, Precision("fp16"))
+    assert impls(model) == {"plain"}
+
+
+def test_prepare_eval_follows_the_rule_and_explicit_flag_wins(caplog):
+    model = tiny("prompt")
     with caplog.at_level(logging.INFO, logger="aptune"):
-        speed.prepare_model_for_speed(
-            model, run_args(batch_size_val=3), DistInfo(), Precision("fp32"), train=False
-        )
-    assert any("forward (float32, batch 3)" in r.getMessage() for r in caplog.records)
+        speed.prepare_model_for_speed(model, run_args(), DistInfo(), BF16, train=False)
+    assert impls(model) == {"plain"}
+    assert any("attention auto: plain (CPU, bfloat16" in r.getMessage() for r in caplog.records)
+    model = tiny("prompt")
+    speed.prepare_model_for_speed(model, run_args(), DistInfo(), Precision("fp32"), train=False)
+    assert impls(model) == {"sdpa"}
     assert model.head.weight.dtype == torch.float32  # fp32 run: nothing is cast
     model = tiny("linear")
-    speed.prepare_model_for_speed(model, run_args(attn_impl="plain"), DistInfo(), BF16)
-    assert impls(model) == {"plain"}
+    speed.prepare_model_for_speed(model, run_args(attn_impl="recompute"), DistInfo(), BF16)
+    assert impls(model) == {"recompute"}
 
 
 def test_sample_shape_from_flags():
@@ -304,26 +301,24 @@ def test_compile_gives_equal_outputs_and_unwraps():
 
 
 def test_auto_choice_is_recorded_and_a_restart_keeps_it(tmp_path, monkeypatch, caplog):
-    """A resumed run must keep its kernel (the two agree only to rounding): the first start
-    writes attention.json, a restart reads it instead of timing (which could now differ)."""
-    seen = []
-
-    def fake_choice(model, requested, x, precision, train, memory, pick="plain"):
-        seen.append(pick)
-        return speed.AttnChoice(pick, requested, {"sdpa": 2.0, "plain": 1.0}, "train step")
-
-    monkeypatch.setattr(speed, "_timed_choice", fake_choice)
+    """A resumed run must keep its kernel (they agree only to rounding): the first start
+    writes attention.json, a restart reads it even where the free memory now says
+    otherwise."""
+    monkeypatch.setattr(speed, "available_memory", lambda device: ROOMY)
     model = tiny("prompt")
     speed.prepare_model_for_speed(model, run_args(), DistInfo(), BF16, run_dir=tmp_path)
-    assert impls(model) == {"plain"} and len(seen) == 1
+    assert impls(model) == {"plain"}
     assert (tmp_path / "attention.json").read_text().strip() == '{"attn_impl": "plain"}'
 
-    monkeypatch.setattr(speed, "_timed_choice", lambda *a: pytest.fail("timed again"))
+    monkeypatch.setattr(speed, "available_memory", lambda device: 1)  # plain no longer fits
     model = tiny("prompt")
     with caplog.at_level(logging.INFO, logger="aptune"):
         speed.prepare_model_for_speed(model, run_args(), DistInfo(), BF16, run_dir=tmp_path)
     assert impls(model) == {"plain"}
     assert any("kept from" in r.getMessage() for r in caplog.records)
+    model = tiny("prompt")  # without the record: the lean kernel
+    speed.prepare_model_for_speed(model, run_args(), DistInfo(), BF16)
+    assert impls(model) == {"recompute"}
     # an explicit flag still wins over the record
     model = tiny("prompt")
     speed.prepare_model_for_speed(

@@ -9,32 +9,42 @@ Three independent measures, applied by :func:`prepare_model_for_speed` once per 
   cast anyway (Linear/Conv weights and biases, the q/v biases that feed ``F.linear``) are
   converted, so the results are the same bits; LayerNorms, layer-scales, trainable tensors
   and therefore the optimiser state stay fp32.
-* **the faster attention path**: which of the fused SDPA kernel, the plain matmul+softmax
-  path and (CPU training) the recomputing kernel is faster depends on the machine and the
-  dtype (issue 13); with ``--attn_impl auto`` the candidates are timed on the run's own
-  shapes and the fastest is kept. The plain path keeps a (B, h, N, N+M) score tensor per
-  block for backward, so it is not even timed when those would not fit in memory; the
-  recomputing kernel keeps what SDPA keeps.
+* **the attention kernel** (``--attn_impl auto``), by rule rather than by timing:
+
+  - SDPA off the CPU: on GPUs its flash / memory-efficient kernels are the training path;
+    aptune's plain and recomputing kernels are CPU-tuned and run there only when asked.
+  - SDPA on a CPU in fp32: the fused kernel ran the fp32 train step 1.66-2.03x the
+    reference-style one on both CPUs measured, and an fp32 forward 1.6x plain's
+    (docs/performance.md).
+  - plain on a CPU under bf16/fp16 autocast: the reference's own algorithm with row-major
+    operands and a written-out backward, so not slower than the reference-style model
+    (train step 1.02x on an AMD EPYC without AMX, where SDPA ran 0.75x and the recomputing
+    kernel 0.86x, and a forward 1.28x SDPA's there; 1.3-1.6x on an AMX Xeon, where
+    ``--attn_impl recompute`` trains about 10% faster still). Plain keeps a (B, h, N, N+M)
+    score tensor per block, about the reference's memory; where those would not fit, the
+    recomputing kernel trains instead (SDPA's memory, faster than SDPA in bf16 on both
+    CPUs) and SDPA runs the forward-only work.
+
+  Nothing is timed at start-up: timings of a few steps on a shared machine were off by up
+  to 17%, more than the best kernel gains over this rule's choice (about 10%, AMX Xeon).
 * ``--compile``: ``torch.compile`` around the model (``engine.distributed.unwrap`` strips it).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import statistics
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from aptune.config import RunConfig
 from aptune.engine.distributed import DistInfo, all_gather_objects, unwrap
 from aptune.engine.loop import Precision
+from aptune.models.layers import recompute_supported
 from aptune.models.vit import ATTN_IMPLS, Attention, VisionTransformer
 
 log = logging.getLogger("aptune")
@@ -45,13 +55,8 @@ _LOW_PRECISION_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: share of the available memory plain attention's scores may take (the rest of the
 #: activations, the weights and other processes need room too)
 MEMORY_SHARE = 0.5
-#: how much faster plain must time to be picked: it keeps about 3x the activations of the
-#: other two. In eleven benchmark runs here (docs/performance.md, runs E-O) plain's
-#: steady-state bf16 step was at most 10% faster than recompute's (and up to 42% slower),
-#: while the start-up timing favoured plain by 15% and 17.5% in two runs where its steady
-#: state was 3% slower and equal; so plain is taken only where it times 35% faster than
-#: the best memory-lean kernel, beyond both
-PLAIN_MARGIN = 0.35
+#: autocast dtypes under which plain attention is the CPU training kernel
+_REDUCED = (torch.bfloat16, torch.float16)
 
 
 # -- frozen weights ------------------------------------------------------------------------
@@ -137,73 +142,24 @@ def plain_score_bytes(model: VisionTransformer, batch: int, dtype: torch.dtype, 
     return per_block * (kept + 2)
 
 
-# -- timing --------------------------------------------------------------------------------
+# -- the choice -----------------------------------------------------------------------------
 @dataclass
 class AttnChoice:
     """What ``--attn_impl`` resolved to, and why (one log line)."""
 
     impl: str
     requested: str
-    seconds: dict[str, float] = field(default_factory=dict)
     reason: str = ""
 
     def log_line(self) -> str:
-        if not self.seconds:
-            return f"attention: {self.impl} ({self.reason})"
-        timed = ", ".join(f"{k} {v:.3f} s" for k, v in self.seconds.items())
-        return f"attention auto: {timed} per {self.reason} -> {self.impl}"
+        return f"attention {self.requested}: {self.impl} ({self.reason})"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def step_timer(
-    model: VisionTransformer, x: torch.Tensor, precision: Precision, train: bool
-) -> Callable[[str], float]:
-    """A function ``impl -> seconds`` of one step as the run does it: forward + backward
-    with the model's own trainable set (training) or a no-grad forward (evaluation)."""
-
-    def run(impl: str) -> float:
-        model.set_attn_impl(impl)  # type: ignore[arg-type]
-        _sync(x.device)
-        start = time.perf_counter()
-        if train:
-            with precision.autocast():
-                out = model(x)
-            out.float().square().mean().backward()
-        else:
-            with torch.no_grad(), precision.autocast():
-                model(x)
-        _sync(x.device)
-        return time.perf_counter() - start
-
-    return run
-
-
-def time_impls(
-    measure: Callable[[str], float],
-    warmup: int = 1,
-    repeats: int = 3,
-    slow: float = 10.0,
-    impls: tuple[str, ...] = ("sdpa", "plain"),
-) -> dict[str, float]:
-    """Median seconds per impl, interleaved so a noisy neighbour hits all; one timed
-    repeat each only when a warm-up step is slower than ``slow`` seconds (a single sample
-    of a 2-6 s CPU step misjudged the kernels by up to 30% here, so those get three)."""
-    samples: dict[str, list[float]] = {impl: [] for impl in impls}
-    warm: list[float] = []
-    r = 0
-    while r < warmup + repeats:
-        order = impls if r % 2 == 0 else impls[::-1]
-        for impl in order:
-            t = measure(impl)
-            (samples[impl] if r >= warmup else warm).append(t)
-        r += 1
-        if r == warmup and warm and max(warm) > slow:
-            repeats = 1
-    return {impl: statistics.median(v) for impl, v in samples.items()}
+def _plain_fits(need: int, available: int | None) -> tuple[bool, str]:
+    """Whether plain's scores fit in ``MEMORY_SHARE`` of ``available`` bytes, and the figures."""
+    have = "memory unknown" if available is None else f"{available / 2**30:.1f} GiB available"
+    fits = available is not None and need <= MEMORY_SHARE * available
+    return fits, f"plain's scores {need / 2**30:.1f} GiB, {have}"
 
 
 def choose_attn_impl(
@@ -212,79 +168,37 @@ def choose_attn_impl(
     batch: int,
     dtype: torch.dtype,
     train: bool,
-    measure: Callable[[str], float] | None,
     available: int | None,
-    warmup: int = 1,
-    repeats: int = 3,
     device: torch.device | str = "cpu",
 ) -> AttnChoice:
-    """Resolve ``--attn_impl``; ``auto`` times the candidates with ``measure``: sdpa; the
-    recomputing kernel when training on a CPU (elsewhere it is sdpa itself, and a forward
-    runs the same fused kernel); plain unless its score tensors would exceed
-    ``MEMORY_SHARE`` of ``available`` bytes. A lone candidate is taken without timing;
-    plain must be ``PLAIN_MARGIN`` faster than the best memory-lean kernel to be taken."""
+    """Resolve ``--attn_impl``; ``auto`` by the module's rule: sdpa, except plain on a CPU
+    under bf16/fp16 autocast when its scores fit in ``MEMORY_SHARE`` of ``available`` bytes
+    (and where they do not, the recomputing kernel for training)."""
     if requested in IMPLS:
         return AttnChoice(requested, requested, reason=f"--attn_impl {requested}")
     if requested != "auto":
         names = ", ".join(("auto",) + IMPLS)
         raise ValueError(f"--attn_impl must be one of {names}; got {requested!r}")
-    candidates = ["sdpa"]
-    if train and torch.device(device).type == "cpu":
-        candidates.append("recompute")
-    need = plain_score_bytes(model, batch, dtype, train)
-    skipped = ""
-    if available is None or need > MEMORY_SHARE * available:
-        have = "unknown" if available is None else f"{available / 2**30:.1f} GiB available"
-        skipped = f"plain attention would hold {need / 2**30:.1f} GiB of scores, {have}"
-    else:
-        candidates.append("plain")
-    if len(candidates) == 1:
-        return AttnChoice("sdpa", requested, reason=f"auto; {skipped}: sdpa, plain not timed")
-    if measure is None:
-        raise ValueError("choose_attn_impl: --attn_impl auto needs a step to time")
-    seconds = time_impls(measure, warmup, repeats, impls=tuple(candidates))
-    weight = {"plain": 1.0 + PLAIN_MARGIN}
-    # ties keep the earlier candidate: sdpa, then recompute
-    best = min(candidates, key=lambda impl: seconds[impl] * weight.get(impl, 1.0))
-    kind = "train step" if train else "forward"
+    kind = torch.device(device).type
+    if kind != "cpu":
+        return AttnChoice("sdpa", requested, reason=f"{kind}: SDPA's fused kernels")
     dname = str(dtype).replace("torch.", "")
-    reason = f"{kind} ({dname}, batch {batch})"
-    if skipped:
-        reason += f"; plain not timed: {skipped}"
-    return AttnChoice(best, requested, seconds, reason=reason)
+    if dtype not in _REDUCED:
+        return AttnChoice("sdpa", requested, reason=f"CPU, {dname}: the fused kernel")
+    fits, figures = _plain_fits(plain_score_bytes(model, batch, dtype, train), available)
+    if fits:
+        return AttnChoice("plain", requested, reason=f"CPU, {dname}; {figures}")
+    backward = train and model.depth > model.no_grad_prefix()  # recompute is SDPA otherwise
+    lean = "recompute" if backward and recompute_supported() else "sdpa"
+    return AttnChoice(lean, requested, reason=f"CPU, {dname}; {figures}: too big")
 
 
 # -- the entry point -------------------------------------------------------------------------
-def sample_shape(args: argparse.Namespace, train: bool) -> tuple[int, int, int, int, int]:
+def sample_shape(cfg: RunConfig, train: bool) -> tuple[int, int, int, int, int]:
     """(B, 3, T, H, W) of the run's batches, from the flags."""
-    batch = args.batch_size if train else (getattr(args, "batch_size_val", None) or args.batch_size)
-    return (batch, 3, args.num_frames, args.input_size, args.input_size)
-
-
-def _timed_choice(
-    model: VisionTransformer,
-    requested: str,
-    x: torch.Tensor,
-    precision: Precision,
-    train: bool,
-    available: int | None,
-) -> AttnChoice:
-    """Time on ``x`` without leaving a trace: RNG state, train/eval mode and grads restored."""
-    dtype = precision.dtype or torch.float32
-    was_training = model.training
-    grads = {p: p.grad for p in model.parameters() if p.requires_grad}
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            model.train(train)
-            measure = step_timer(model, x, precision, train)
-            return choose_attn_impl(
-                model, requested, x.shape[0], dtype, train, measure, available, device=x.device
-            )
-    finally:
-        model.train(was_training)
-        for p, g in grads.items():
-            p.grad = g
+    batch = cfg.optim.batch_size if train else cfg.optim.batch_size_val
+    m = cfg.model
+    return (batch, 3, m.num_frames, m.input_size, m.input_size)
 
 
 ATTN_FILE = "attention.json"
@@ -298,7 +212,7 @@ def _stored_choice(run_dir: Path | None) -> str | None:
     try:
         impl = json.loads(path.read_text()).get("attn_impl")
     except (OSError, ValueError, AttributeError):
-        return None  # unreadable: time again (and rewrite it)
+        return None  # unreadable: decide again (and rewrite it)
     return impl if impl in IMPLS else None
 
 
@@ -309,13 +223,38 @@ def _store_choice(run_dir: Path, impl: str) -> None:
     os.replace(tmp, path)
 
 
+def _resolve(
+    model: VisionTransformer,
+    cfg: RunConfig,
+    device: torch.device,
+    precision: Precision,
+    train: bool,
+    run_dir: Path | None,
+) -> AttnChoice:
+    """``--attn_impl`` for this run: an explicit flag, the kernel a first start recorded in
+    ``run_dir``, or the ``auto`` rule (recorded there for a restart)."""
+    requested = cfg.model.attn_impl
+    if requested != "auto":  # the flag's kernel, or a one-line error for an unknown name
+        return choose_attn_impl(model, requested, 0, torch.float32, train, None, device)
+    stored = _stored_choice(run_dir)
+    if stored is not None:
+        return AttnChoice(stored, requested, reason=f"kept from {run_dir / ATTN_FILE}")
+    dtype = precision.dtype or torch.float32
+    # free memory matters to the CPU rule alone (and CUDA's query needs a GPU)
+    memory = available_memory(device) if device.type == "cpu" else None
+    batch = sample_shape(cfg, train)[0]
+    choice = choose_attn_impl(model, requested, batch, dtype, train, memory, device)
+    if run_dir is not None:
+        _store_choice(run_dir, choice.impl)
+    return choice
+
+
 def prepare_model_for_speed(
     model: nn.Module,
-    args: argparse.Namespace,
+    cfg: RunConfig,
     info: DistInfo,
     precision: Precision,
     train: bool = True,
-    sample: torch.Tensor | None = None,
     run_dir: Path | None = None,
 ) -> nn.Module:
     """Frozen-weight cast, attention choice (``--attn_impl``) and ``--compile``, in that order.
@@ -323,40 +262,28 @@ def prepare_model_for_speed(
     Call once, after the model is built, on its device, with its checkpoint loaded and its
     trainable set marked, and before DDP, the optimiser and the EMA copy are made. Returns
     the model to train (the compiled wrapper with ``--compile``; ``unwrap`` gives the bare
-    one). ``sample`` is a batch of the run's shape; by default random clips of the shape the
-    flags give. Under DDP rank 0 times and every rank takes its choice. With ``run_dir``
-    the ``auto`` choice is written to ``run_dir/attention.json`` and a restart of the run
-    reads it back instead of timing again: the two kernels agree only to rounding, so a
-    resumed run must keep its kernel to end with the uninterrupted run's exact weights.
+    one). Under DDP rank 0 decides (free memory differs between ranks) and every rank takes
+    its choice. With ``run_dir`` the ``auto`` choice is written to ``run_dir/attention.json``
+    and a restart of the run reads it back instead of deciding again (the free memory may
+    differ by then): the kernels agree only to rounding, so a resumed run must keep its
+    kernel to end with the uninterrupted run's exact weights.
     """
     bare = unwrap(model)
     if precision.dtype is not None:
         cast = cast_frozen_weights(bare, precision.dtype)
         if cast and info.is_main:
             log.info("frozen weights stored in %s: %d tensors", precision.name, cast)
-    requested = getattr(args, "attn_impl", "auto")
+    auto = cfg.model.attn_impl == "auto"
     choice = None
-    if info.is_main or requested != "auto":
-        if sample is None and requested == "auto":
-            gen = torch.Generator().manual_seed(0)
-            sample = torch.randn(sample_shape(args, train), generator=gen)
-        x = sample.to(info.device) if sample is not None else None
-        stored = _stored_choice(run_dir) if requested == "auto" else None
-        if stored is not None:
-            choice = AttnChoice(stored, requested, reason=f"kept from {run_dir / ATTN_FILE}")
-        elif x is None:
-            choice = AttnChoice(requested, requested, reason=f"--attn_impl {requested}")
-        else:
-            choice = _timed_choice(bare, requested, x, precision, train, available_memory(x.device))
-            if run_dir is not None and requested == "auto":
-                _store_choice(run_dir, choice.impl)
-    if info.enabled and requested == "auto":
+    if info.is_main or not auto:
+        choice = _resolve(bare, cfg, torch.device(info.device), precision, train, run_dir)
+    if info.enabled and auto:
         choice = all_gather_objects(choice, info)[0]
     assert choice is not None
     bare.set_attn_impl(choice.impl)  # type: ignore[operator]
     if info.is_main:
         log.info(choice.log_line())
-    if getattr(args, "compile", False):
+    if cfg.model.compile:
         model = torch.compile(model)
     return model
 
@@ -368,5 +295,4 @@ __all__ = [
     "choose_attn_impl",
     "plain_score_bytes",
     "prepare_model_for_speed",
-    "time_impls",
 ]

@@ -4,6 +4,8 @@ the transformer alone."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable
 
 import torch
@@ -94,14 +96,54 @@ def init_weights(m: nn.Module, linear_init: Callable[[torch.Tensor], object] | N
 __all__ = [
     "DropPath",
     "append_kv",
+    "compute_dtype",
     "init_weights",
     "plain_attention",
     "recompute_attention",
+    "recompute_supported",
     "reduced_cpu_dtype",
     "sinusoid_table",
     "split_heads",
     "tubelet_matmul",
 ]
+
+
+#: dtypes autocast casts to its low dtype before a matmul (fp64 it leaves alone)
+_AUTOCAST_CAST = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The one dtype an attention kernel computes in: autocast's, where it is on for the
+    tensors' device (a matmul there would cast its inputs to it), else their promoted dtype.
+
+    Why: under CUDA autocast softmax, layer_norm and norms return fp32 whatever their input,
+    so q, k, v and the incoming gradient need not share a dtype (V2's cosine attention
+    normalises q and k to fp32 there while v stays fp16). A kernel that multiplies the
+    tensors it was handed fails ("expected m1 and m2 to have the same dtype"); these cast
+    to this dtype once and compute with autocast off.
+    """
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    device = tensors[0].device.type
+    if dtype in _AUTOCAST_CAST and torch.amp.is_autocast_available(device):
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+    return dtype
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``device_type`` (where it exists): the kernels cast themselves."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _softmax_grad(dp: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """dL/ds of ``p = softmax(s, -1)`` from dL/dp: torch's fused kernel (one pass) where this
+    torch has it under its private name, else the formula ``p * (dp - rowsum(dp * p))``."""
+    fused = getattr(torch, "_softmax_backward_data", None)
+    if fused is None:
+        return p * (dp - (dp * p).sum(-1, keepdim=True))
+    return fused(dp, p, -1, p.dtype)
 
 
 class RowMajorAttention(torch.autograd.Function):
@@ -111,26 +153,33 @@ class RowMajorAttention(torch.autograd.Function):
     than on a contiguous one (measured on an Intel Xeon with AMX; benchmarks/
     bench_train_step.py), and autograd's own backward of ``q @ k.transpose(-2, -1)``
     multiplies such views. Copying each transposed operand once is cheap next to that.
-    Saves q, k, v and the probabilities, as the autograd graph of the plain path does.
+    Saves q, k, v and the probabilities, as the autograd graph of the plain path does, all
+    in one dtype (:func:`compute_dtype`): the probabilities in the matmuls' dtype, not the
+    fp32 that CUDA autocast's softmax would return.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, scale: float):  # type: ignore[override]
-        kt = k.transpose(-2, -1).contiguous()  # (B, h, d, M)
-        p = torch.matmul(q * scale, kt).softmax(-1)  # (B, h, N, M)
-        ctx.save_for_backward(q, k, v, p)
-        ctx.scale = scale
-        return torch.matmul(p, v)  # (B, h, N, d)
+        dtype = compute_dtype(q, k, v)
+        with _autocast_off(q.device.type):
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            kt = k.transpose(-2, -1).contiguous()  # (B, h, d, M)
+            p = torch.matmul(q * scale, kt).softmax(-1)  # (B, h, N, M)
+            ctx.save_for_backward(q, k, v, p)
+            ctx.scale = scale
+            return torch.matmul(p, v)  # (B, h, N, d)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         q, k, v, p = ctx.saved_tensors
-        grad = grad.contiguous()
-        dp = torch.matmul(grad, v.transpose(-2, -1).contiguous())  # (B, h, N, M)
-        dvt = torch.matmul(grad.transpose(-2, -1).contiguous(), p)  # (B, h, d, M)
-        ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # (B, h, N, M)
-        dq = torch.matmul(ds, k.contiguous()) * ctx.scale  # (B, h, N, d)
-        dkt = torch.matmul(q.transpose(-2, -1).contiguous(), ds) * ctx.scale  # (B, h, d, M)
+        with _autocast_off(q.device.type):
+            grad = grad.to(p.dtype).contiguous()
+            dp = torch.matmul(grad, v.transpose(-2, -1).contiguous())  # (B, h, N, M)
+            dvt = torch.matmul(grad.transpose(-2, -1).contiguous(), p)  # (B, h, d, M)
+            ds = _softmax_grad(dp, p)  # (B, h, N, M)
+            dq = torch.matmul(ds, k.contiguous()) * ctx.scale  # (B, h, N, d)
+            dkt = torch.matmul(q.transpose(-2, -1).contiguous(), ds) * ctx.scale  # (B, h, d, M)
+        # in the compute dtype; autograd casts each to its input's dtype
         return dq, dkt.transpose(-2, -1), dvt.transpose(-2, -1), None
 
 
@@ -246,6 +295,22 @@ def _mm_into(
         total.add_(torch.mm(a, b).to(total.dtype))  # a same-dtype add: mixed ones are slow
 
 
+#: torch's fused CPU attention forward that also returns the log-sum-exp (a private op)
+_FLASH_CPU_OP = "_scaled_dot_product_flash_attention_for_cpu"
+
+
+def _flash_cpu() -> Callable | None:
+    """SDPA's fused CPU forward returning ``(out, lse)``, or None where this torch has no op
+    of that name: it is private, so a release may rename it, and SDPA then takes over."""
+    return getattr(torch.ops.aten, _FLASH_CPU_OP, None)
+
+
+def recompute_supported() -> bool:
+    """Whether ``recompute_attention`` can train with its own kernel on this torch (else it
+    is SDPA)."""
+    return _flash_cpu() is not None
+
+
 class RecomputeAttention(torch.autograd.Function):
     """``softmax(q k^T * scale) v``: SDPA's fused CPU forward, and a backward that recomputes
     the probabilities head by head with row-major matmuls instead of storing them.
@@ -268,16 +333,25 @@ class RecomputeAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, k_extra, v_extra, scale: float):  # type: ignore[override]
         extra = k_extra is not None
-        keys, values = append_kv(k, v, (k_extra, v_extra) if extra else None)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, keys, values, 0.0, False, scale=scale
-        )  # (B, h, N, d), (B, h, N) in fp32 (fp64 for fp64 inputs)
+        dtype = compute_dtype(q, k, v, *((k_extra, v_extra) if extra else ()))
+        with _autocast_off(q.device.type):
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            extra_kv = (k_extra.to(dtype), v_extra.to(dtype)) if extra else None
+            keys, values = append_kv(k, v, extra_kv)
+            flash = _flash_cpu()  # recompute_attention calls this only where it exists
+            # (B, h, N, d), and the log-sum-exp (B, h, N) in fp32 (fp64 for fp64 inputs)
+            out, lse = flash(q, keys, values, 0.0, False, scale=scale)
         ctx.save_for_backward(q, keys, values, out, lse)
         ctx.scale, ctx.extra, ctx.tokens = scale, extra, k.shape[-2]
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
+        with _autocast_off(grad.device.type):
+            return RecomputeAttention._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         q, k, v, out, lse = ctx.saved_tensors
         need_q, need_k, need_v, need_k_extra, need_v_extra = ctx.needs_input_grad[:5]
         scale, tokens = ctx.scale, ctx.tokens
@@ -336,11 +410,12 @@ def recompute_attention(q, k, v, scale: float, extra_kv=None):
     ``extra_kv``: APT's prompt keys and values, (B, h, M, d) each, appended to ``k`` and
     ``v``; passed apart so that where only they need a gradient (the first APT block) the
     backward works on their M rows alone. Without a backward to run (inference, export
-    tracing) and off the CPU (CUDA's fused kernels already have a fast backward) this is
-    SDPA itself: on the CPU the same fused forward."""
+    tracing), off the CPU (CUDA's fused kernels already have a fast backward) and on a torch
+    without the fused CPU forward it builds on (:func:`_flash_cpu`) this is SDPA itself: on
+    the CPU the same fused forward."""
     tensors = (q, k, v) + (tuple(extra_kv) if extra_kv is not None else ())
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if q.device.type != "cpu" or not grads:
+    if q.device.type != "cpu" or not grads or _flash_cpu() is None:
         k, v = append_kv(k, v, extra_kv)
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
     k_extra, v_extra = extra_kv if extra_kv is not None else (None, None)
