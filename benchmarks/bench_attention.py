@@ -13,9 +13,9 @@ measured matmul floor (a large fp32 GEMM).
 ``--kernels`` times only the attention core of one ViT-S block (forward + backward to q,
 k, v; 1568 queries, 1570 keys), in one process, the variants interleaved, in CPU seconds:
 the reference's plain expression (autograd through transposed views), SDPA, and aptune's
-plain path (``models.layers.plain_attention``: every batched matmul reads row-major
+plain path (``models.attention_kernels.plain_attention``: every batched matmul reads row-major
 operands, transposes made contiguous first, backward written out) and its recomputing
-kernel (``models.layers.recompute_attention``: SDPA's fused forward, a backward that
+kernel (``models.attention_kernels.recompute_attention``: SDPA's fused forward, a backward that
 recomputes the probabilities per head, keys x queries, with row-major GEMMs); also that
 kernel as of ``--baseline`` (loaded from git: the queries x keys backward before this
 form) and with ``--chunks`` of keys, old and new side by side. On
@@ -114,12 +114,11 @@ def kernels(rounds: int, baseline: str | None, chunk_powers: list[int]) -> None:
     import torch
     import torch.nn.functional as F
 
-    from aptune.models import layers
-    from aptune.models.layers import plain_attention, recompute_attention
+    from aptune.models import attention_kernels as kernels
+    from aptune.models.attention_kernels import plain_attention, recompute_attention
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_train_step import keep_freed_memory  # each kernel as in its own process
-    from git_source import module_at
 
     print(keep_freed_memory())
 
@@ -136,11 +135,11 @@ def kernels(rounds: int, baseline: str | None, chunk_powers: list[int]) -> None:
         "aptune recompute": lambda q, k, v: recompute_attention(q, k, v, scale),
     }
     if baseline:
-        old = module_at(baseline, "src/aptune/models/layers.py", "aptune.models.old_layers")
+        old = kernels_at(baseline)
         cores[f"recompute @{baseline}"] = lambda q, k, v: old.recompute_attention(q, k, v, scale)
     chunks = {f"recompute, chunks 2^{c}": 1 << c for c in chunk_powers}
     cores.update({name: cores["aptune recompute"] for name in chunks})
-    default_chunk = layers._CHUNK_ELEMENTS
+    default_chunk = kernels._CHUNK_ELEMENTS
     print(f"attention core, ViT-S block (h {h}, {N} queries, {N + M} keys), fwd+bwd, "
           f"{torch.get_num_threads()} thread(s), CPU ms, median of {rounds}")  # fmt: skip
     for dtype in (torch.bfloat16, torch.float32):
@@ -151,7 +150,7 @@ def kernels(rounds: int, baseline: str | None, chunk_powers: list[int]) -> None:
         outs, times = {}, {name: [] for name in cores}
         for r in range(rounds + 1):
             for name, core in cores.items():
-                layers._CHUNK_ELEMENTS = chunks.get(name, default_chunk)
+                kernels._CHUNK_ELEMENTS = chunks.get(name, default_chunk)
                 start = time.process_time()
                 kk = torch.cat((k, prompt.expand(B, h, M, d)), dim=2)  # (B, h, N+M, d)
                 vv = torch.cat((v, prompt.expand(B, h, M, d)), dim=2)
@@ -176,6 +175,16 @@ def run_child(cfg: dict) -> dict:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def kernels_at(rev: str):
+    """The attention kernels' module as of ``rev`` (``layers.py`` before they had their own)."""
+    from git_source import module_at
+
+    try:
+        return module_at(rev, "src/aptune/models/attention_kernels.py", "aptune.models.old_kernels")
+    except subprocess.CalledProcessError:
+        return module_at(rev, "src/aptune/models/layers.py", "aptune.models.old_layers")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import aptune
-from aptune.models.layers import compute_dtype, plain_attention, recompute_attention
+from aptune.models.attention_kernels import compute_dtype, plain_attention, recompute_attention
 
 LOW = (torch.float16, torch.bfloat16)
 LOW_IDS = ["fp16", "bf16"]

@@ -10,7 +10,7 @@ import torch
 
 import aptune
 from aptune.engine import speed
-from aptune.models import layers
+from aptune.models import attention_kernels as kernels
 
 FLASH_CPU = "_scaled_dot_product_flash_attention_for_cpu"
 
@@ -54,9 +54,9 @@ def _train_grads(impl: str, dtype: torch.dtype | None) -> dict[str, torch.Tensor
 def test_trains_to_the_same_gradients_without_the_private_ops(monkeypatch, impl, dtype):
     expected = _train_grads(impl, dtype)
     _hide_private_ops(monkeypatch)
-    assert not hasattr(torch, "_softmax_backward_data") and not layers.recompute_supported()
+    assert not hasattr(torch, "_softmax_backward_data") and not kernels.recompute_supported()
     calls = []
-    monkeypatch.setattr(layers.RecomputeAttention, "apply", lambda *a: calls.append(a))
+    monkeypatch.setattr(kernels.RecomputeAttention, "apply", lambda *a: calls.append(a))
     got = _train_grads(impl, dtype)
     assert calls == []  # the fused CPU op is gone: SDPA instead
     assert got.keys() == expected.keys() and any(n.startswith("kv_prompts") for n in got)
@@ -73,7 +73,7 @@ def test_plain_softmax_gradient_formula_matches_the_fused_op(monkeypatch):
     q, k, v = (torch.randn(1, 2, 5, 4, generator=g, dtype=torch.float64) for _ in range(3))
     monkeypatch.delattr(torch, "_softmax_backward_data")
     inputs = tuple(t.requires_grad_() for t in (q, k, v))
-    assert torch.autograd.gradcheck(lambda a, b, c: layers.plain_attention(a, b, c, 0.5), inputs)
+    assert torch.autograd.gradcheck(lambda a, b, c: kernels.plain_attention(a, b, c, 0.5), inputs)
 
 
 def test_auto_takes_sdpa_for_the_lean_kernel_without_the_fused_cpu_op(monkeypatch):

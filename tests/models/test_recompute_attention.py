@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aptune.models import layers
-from aptune.models.layers import plain_attention, recompute_attention
+from aptune.models import attention_kernels as kernels
+from aptune.models.attention_kernels import plain_attention, recompute_attention
 from aptune.models.vit import create_vit
 from aptune.tuning import apply_apt
 
@@ -29,7 +29,7 @@ def formula(q, k, v, scale):
 def test_gradients_equal_autograd_of_the_formula(monkeypatch, keys_per_chunk):
     """Whole heads at once and in key chunks (dQ summed over chunks, in fp64 here)."""
     if keys_per_chunk is not None:  # 6 queries: chunks of 2 keys (2,2,2,2,1), or 5 (5, 4)
-        monkeypatch.setattr(layers, "_CHUNK_ELEMENTS", 6 * keys_per_chunk)
+        monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", 6 * keys_per_chunk)
     q, k, v = (t.requires_grad_() for t in qkv())
     assert torch.autograd.gradcheck(lambda a, b, c: recompute_attention(a, b, c, 0.35), (q, k, v))
     out = recompute_attention(q, k, v, 0.35)
@@ -129,7 +129,7 @@ def test_sdpa_itself_where_no_backward_runs_or_off_the_cpu(monkeypatch):
     """Inference and export tracing see plain SDPA (same CPU kernel as the forward here);
     CUDA's fused backward is already fast, so there the kernel is SDPA as well."""
     calls = []
-    monkeypatch.setattr(layers.RecomputeAttention, "apply", lambda *a: calls.append(a))
+    monkeypatch.setattr(kernels.RecomputeAttention, "apply", lambda *a: calls.append(a))
     q, k, v = qkv(dtype=torch.float32)
     meta = [t.to("meta").requires_grad_() for t in (q, k, v)]
     assert recompute_attention(*meta, 0.35).shape == q.shape and calls == []
@@ -205,7 +205,7 @@ def test_prompt_keys_passed_apart_get_exact_gradients(monkeypatch, keys_per_chun
     """``extra_kv`` (APT's prompts) equals concatenating them; where only the prompts need a
     gradient (the first APT block) the backward works on their rows alone."""
     if keys_per_chunk is not None:
-        monkeypatch.setattr(layers, "_CHUNK_ELEMENTS", 6 * keys_per_chunk)
+        monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", 6 * keys_per_chunk)
     q, k, v = qkv()
     pk, pv = qkv(n=1, m=3, seed=7)[1:]  # 3 prompt keys and values
     wanted = {"extra": "de", "all": "qkvde", "k": "k", "v_and_extra_v": "ve"}[needs]
@@ -258,13 +258,13 @@ def test_sdpa_model_runs_its_first_apt_block_through_the_prompt_rows_path(monkey
         p.requires_grad_(name.startswith(("kv_prompts", "head")))
     x = torch.randn(2, 3, 4, 32, 32)
     calls = []
-    apply = layers.RecomputeAttention.apply
+    apply = kernels.RecomputeAttention.apply
 
     def spy(*args):
         calls.append(args)
         return apply(*args)
 
-    monkeypatch.setattr(layers.RecomputeAttention, "apply", spy)
+    monkeypatch.setattr(kernels.RecomputeAttention, "apply", spy)
     out_s, grads_s = _train_grads(model, x, "sdpa")
     assert len(calls) == 1 and not calls[0][0].requires_grad  # the first block only
     out_p, grads_p = _train_grads(model, x, "plain")

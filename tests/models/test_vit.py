@@ -121,7 +121,7 @@ def test_drop_path_and_layer_scale_build():
 
 def test_plain_attention_kernel_gradients_match_autograd_of_the_formula():
     """The row-major kernel's hand-written backward equals autograd of softmax(q k^T s) v."""
-    from aptune.models.layers import plain_attention
+    from aptune.models.attention_kernels import plain_attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 8, generator=g, dtype=torch.float64) for n in (5, 7, 7))
@@ -191,7 +191,7 @@ def test_patch_embed_as_gemm_trains_the_weights_like_the_conv():
 def test_split_heads_backward_equals_autograd_of_reshape_permute_unbind(used):
     """One buffer written by strided copies must equal autograd's stack-and-copy, also
     where some of q, k, v get no gradient (their slice is zero, not left unwritten)."""
-    from aptune.models.layers import split_heads
+    from aptune.models.attention_kernels import split_heads
 
     qkv = torch.randn(2, 5, 3 * 4 * 3, dtype=torch.float64, requires_grad=True)
     weights = [torch.randn(2, 4, 5, 3, dtype=torch.float64) for _ in range(3)]

@@ -44,7 +44,7 @@ from torch import nn
 from aptune.config import RunConfig
 from aptune.engine.distributed import DistInfo, all_gather_objects, unwrap
 from aptune.engine.loop import Precision
-from aptune.models.layers import recompute_supported
+from aptune.models.attention_kernels import recompute_supported
 from aptune.models.vit import ATTN_IMPLS, Attention, VisionTransformer
 
 log = logging.getLogger("aptune")
@@ -195,8 +195,9 @@ def choose_attn_impl(
 
 # -- the entry point -------------------------------------------------------------------------
 def sample_shape(cfg: RunConfig, train: bool) -> tuple[int, int, int, int, int]:
-    """(B, 3, T, H, W) of the run's batches, from the flags."""
-    batch = cfg.optim.batch_size if train else cfg.optim.batch_size_val
+    """(B, 3, T, H, W) of the run's batches, from the flags: a training step has
+    ``batch_size * num_sample`` rows (each video gives ``num_sample`` augmented clips)."""
+    batch = cfg.optim.batch_size * cfg.data.num_sample if train else cfg.optim.batch_size_val
     m = cfg.model
     return (batch, 3, m.num_frames, m.input_size, m.input_size)
 
