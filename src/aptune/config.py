@@ -160,9 +160,12 @@ class OptimOptions:
     model_ema: bool = option(False, "keep an EMA of the weights")
     model_ema_decay: float = option(0.9999, "EMA decay per step")
     model_ema_force_cpu: bool = option(False, "parsed; the EMA stays on the model's device")
-    precision: str = option("auto", "auto: fp16 autocast on CUDA, fp32 on CPU",
+    precision: str = option("auto", "auto: bf16 autocast on GPUs with compute capability 8.0+ "
+                         "(A100, H100, L4, RTX 30xx+), fp16 autocast with a loss scaler on "
+                         "older GPUs (V100, T4), fp32 on CPU; fp32 on a GPU uses TF32 matmuls",
                          choices=("auto", "fp32", "bf16", "fp16"))
-    bf16: bool = option(False, "same as --precision bf16")
+    bf16: bool = option(False, "same as --precision bf16 (an error on a GPU without native "
+                     "bf16)")
 
 
 @dataclass
@@ -182,7 +185,8 @@ class JobOptions:
     start_epoch: int = option(0, "first epoch when not resuming")
     eval: bool = option(False, "only evaluate --finetune/--resume")
     disable_eval_during_finetuning: bool = option(False, "no validation after each epoch")
-    dist_eval: bool = option(False, "evaluate sharded across processes")
+    dist_eval: bool = option(False, "parsed; under DDP evaluation is always sharded across "
+                          "processes (padded duplicates are removed)")
     world_size: int = option(1, "parsed; the launcher decides")
     local_rank: int = option(-1, "set by torch.distributed.launch (torchrun sets LOCAL_RANK)",
                           aliases=("--local-rank",))
@@ -196,6 +200,9 @@ class JobOptions:
     max_steps_per_epoch: int | None = option(None, "stop each epoch after N steps (smoke tests)",
                                           type=int)
     no_progress: bool = option(False, "no progress bar")
+    log_every: int = option(100, "read the training loss and gradient norm from the device "
+                         "every N optimiser steps (progress bar, TensorBoard; also at "
+                         "checkpoints and each epoch's end); each read waits for the GPU")
 
 
 SECTIONS: dict[str, type] = {
@@ -291,6 +298,7 @@ class RunConfig:
                             ("update_freq", o.update_freq), ("num_frames", m.num_frames),
                             ("input_size", m.input_size), ("nb_classes", d.nb_classes),
                             ("save_ckpt_freq", j.save_ckpt_freq), ("keep_ckpts", j.keep_ckpts),
+                            ("log_every", j.log_every),
                             ("batch_size_val", o.batch_size_val)):  # fmt: skip
             _require(value >= 1, f"--{name} must be >= 1, got {value}")
         _require(m.num_frames % m.tubelet_size == 0,

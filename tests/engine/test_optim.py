@@ -145,21 +145,32 @@ def test_model_ema_maths():
     torch.testing.assert_close(ema.module.weight, torch.full((1, 2), 0.9 * 1 + 0.1 * 3))
     ema.update(net)
     torch.testing.assert_close(ema.module.weight, torch.full((1, 2), 0.9 * 1.2 + 0.1 * 3))
-    net.weight.requires_grad_(False)  # frozen tensors are copied, not averaged
-    ema.update(net)
-    torch.testing.assert_close(ema.module.weight, net.weight)
     fresh = ModelEma(nn.Linear(2, 1, bias=False))
     fresh.load_state_dict(ema.state_dict())
-    torch.testing.assert_close(fresh.module.weight, net.weight)
+    torch.testing.assert_close(fresh.module.weight, ema.module.weight)
+
+
+def test_model_ema_leaves_frozen_tensors_at_their_copy():
+    """Frozen parameters cannot change: the EMA's copy from construction is exact, and a
+    step averages the trainable tensors only."""
+    net = nn.Linear(2, 1)
+    net.weight.requires_grad_(False)
+    ema = ModelEma(net, decay=0.5)
+    frozen = ema.module.weight.detach().clone()
+    net.bias.data.add_(2.0)
+    ema.update(net)
+    assert torch.equal(ema.module.weight, frozen)
+    torch.testing.assert_close(ema.module.bias, net.bias - 1.0)
 
 
 def test_clip_gradients():
     p = nn.Parameter(torch.zeros(2))
     assert clip_gradients([p], 1.0) is None  # no gradients yet
     p.grad = torch.tensor([3.0, 4.0])
-    assert clip_gradients([p], None) == pytest.approx(5.0)
+    norm = clip_gradients([p], None)
+    assert isinstance(norm, torch.Tensor) and float(norm) == pytest.approx(5.0)  # on device
     assert p.grad.tolist() == [3.0, 4.0]
-    assert clip_gradients([p], 1.0) == pytest.approx(5.0)
+    assert float(clip_gradients([p], 1.0)) == pytest.approx(5.0)
     torch.testing.assert_close(p.grad.norm(), torch.tensor(1.0), rtol=1e-4, atol=1e-4)
 
 

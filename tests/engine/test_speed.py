@@ -268,7 +268,8 @@ def test_prepare_eval_follows_the_rule_and_explicit_flag_wins(caplog):
 
 
 def test_sample_shape_from_flags():
-    assert speed.sample_shape(run_args(), True) == (2, 3, FRAMES, SIZE, SIZE)
+    assert speed.sample_shape(run_args(num_sample=1), True) == (2, 3, FRAMES, SIZE, SIZE)
+    assert speed.sample_shape(run_args(num_sample=2), True)[0] == 4  # rows of a step
     assert speed.sample_shape(run_args(batch_size_val=6), False)[0] == 6
     assert speed.sample_shape(run_args(), False)[0] == 2
 

@@ -29,8 +29,8 @@ from aptune.config import RunConfig
 from aptune.data import VideoClipDataset, VideoDecodeError
 from aptune.data.errors import DataError
 from aptune.data.lists import VideoEntry
-from aptune.engine.loop import Precision
 from aptune.engine.metrics import mean_over_views, view_probs
+from aptune.engine.precision import Precision, inference_precision
 from aptune.engine.trained import TrainedRun
 
 log = logging.getLogger("aptune")
@@ -184,7 +184,7 @@ def extract_features(
         )
     parts_dir.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps({"fingerprint": stamp, "videos": len(videos)}))
-    precision = Precision("bf16" if bf16 else "fp32", trained.device.type)
+    precision = inference_precision(trained.device, bf16)  # training's rule for the card
     extract = Extractor(trained, tokens, precision)
     views = trained.views_per_video
     batch_videos = max(1, (batch_size or trained.config.optim.batch_size_val) // views)

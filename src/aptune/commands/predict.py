@@ -19,8 +19,8 @@ from tqdm import tqdm
 from aptune.data import VideoClipDataset, collate_clips, open_video
 from aptune.data.errors import DataError
 from aptune.data.lists import VideoEntry
-from aptune.engine.loop import Precision
 from aptune.engine.metrics import ViewMeans
+from aptune.engine.precision import Precision, inference_precision
 from aptune.engine.trained import TrainedRun, open_run
 
 from .timeline import (
@@ -40,7 +40,9 @@ def check_videos(videos: list[str]) -> None:
 
 
 def precision_for(trained: TrainedRun, bf16: bool) -> Precision:
-    return Precision("bf16" if bf16 else "fp32", trained.device.type)
+    """Training's rule for the card (bf16 on 8.0+ GPUs, fp16 on older ones, fp32 on CPU),
+    or bf16 with ``--bf16``."""
+    return inference_precision(trained.device, bf16)
 
 
 def view_probs(
@@ -56,7 +58,7 @@ def view_probs(
     ds = VideoClipDataset("test", trained.data, entries, trained.class_names, source="predict")
     batch = batch_size or c.optim.batch_size_val
     loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
-    precision = precision or Precision("fp32", trained.device.type)
+    precision = precision or inference_precision(trained.device)
     means = ViewMeans(len(videos), c.data.nb_classes)
     with torch.no_grad():
         for batch in tqdm(loader, desc="predict", leave=False, disable=None if progress else True):

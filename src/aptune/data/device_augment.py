@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tensor_ops import apply_op
+from .tensor_ops import apply_op, to_device
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipPlan
 
 _FLOAT_BUDGET = 256 * 2**20  # bytes of float frames resampled at once (bounds memory)
@@ -189,7 +189,7 @@ class DeviceAugment:
 def _on(device: torch.device, values, dtype: torch.dtype = torch.int64) -> torch.Tensor:
     """A small host-built tensor on ``device`` without a stream sync (a blocking copy would
     wait for the previous step's queued GPU work before this batch's kernels launch)."""
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    return to_device(torch.tensor(values, dtype=dtype), torch.device(device))
 
 
 def _crop_grid(

@@ -6,7 +6,7 @@ axis), so one call serves every clip that drew the op, with no Python loop over 
 frames. The arithmetic follows Pillow's C code (``libImaging``) step by step, with the same
 integer formulas, float widths and operation order, so the results equal PIL's bit for bit
 (the one theoretical exception, a last-bit tie, is in `_nearest_source`). Parameters built
-on the host go to the device without a sync (`_to`); nothing reads device values back.
+on the host go to the device without a sync (`to_device`); nothing reads device values back.
 """
 
 from __future__ import annotations
@@ -90,16 +90,21 @@ def apply_op(
     return _blend(_degenerate(_BLEND[name], clips), clips, [float(a[0]) for a in args])
 
 
-def _to(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host-built tensor on `device`. non_blocking: a blocking host-to-device copy
-    synchronises the stream (waits for all queued GPU work); from pageable memory CUDA stages
-    the data before returning, so the temporary may go at once."""
-    return host.to(device, non_blocking=True)
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host-built tensor on ``device`` without waiting for the GPU.
+
+    A blocking host-to-device copy synchronises the stream (waits for all queued GPU
+    work); a non-blocking one from pageable memory may still be synchronous with the host,
+    so the values go through pinned memory (the caching host allocator keeps the block
+    until the copy has run)."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _per_clip(values: Sequence[float], clips: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """One value per clip as an (N, 1, 1, 1, 1) tensor on the clips' device."""
-    return _to(torch.tensor(values, dtype=dtype).view(-1, 1, 1, 1, 1), clips.device)
+    return to_device(torch.tensor(values, dtype=dtype).view(-1, 1, 1, 1, 1), clips.device)
 
 
 # ----------------------------------------------------------------------------------------
@@ -253,7 +258,7 @@ def _geometric(
     out = clips.clone()
     for kind, rows in groups.items():
         mats = [matrices[i] for i in rows]
-        index = _to(torch.tensor(rows), clips.device)
+        index = to_device(torch.tensor(rows), clips.device)
         out.index_copy_(0, index, _warp(clips.index_select(0, index), mats, kind, fill))
     return out
 
@@ -275,7 +280,7 @@ def _nearest_source(
     a pixel edge without being on it (a translation within 1e-13 of a half pixel). PIL's
     float fallback for frames beyond its fixed-point range (32768 pixels) is not covered.
     """
-    m = _to(torch.tensor(mats, dtype=torch.float64), device)
+    m = to_device(torch.tensor(mats, dtype=torch.float64), device)
     a0, a1, a2, a3, a4, a5 = (m[:, k].view(-1, 1, 1) for k in range(6))
     xs = torch.arange(width, device=device, dtype=torch.float64).view(1, 1, width)
     ys = torch.arange(height, device=device, dtype=torch.float64).view(1, height, 1)
@@ -286,13 +291,14 @@ def _nearest_source(
          _fixed(a[3]), _fixed(a[4]), _fixed(a[5] + a[3] * 0.5 + a[4] * 0.5))
         for a in mats
     ]  # fmt: skip
-    f = _to(torch.tensor(fixed, dtype=torch.int64), device)
+    f = to_device(torch.tensor(fixed, dtype=torch.int64), device)
     f0, f1, f2, f3, f4, f5 = (f[:, k].view(-1, 1, 1) for k in range(6))
     xi = torch.arange(width, device=device).view(1, 1, width)
     yi = torch.arange(height, device=device).view(1, height, 1)
     fixed_x = torch.div(f2 + f1 * yi + f0 * xi, 65536, rounding_mode="floor")  # C's >> 16
     fixed_y = torch.div(f5 + f4 * yi + f3 * xi, 65536, rounding_mode="floor")
-    scaling = _to(torch.tensor([a[1] == 0 and a[3] == 0 for a in mats]), device).view(-1, 1, 1)
+    scaling = to_device(torch.tensor([a[1] == 0 and a[3] == 0 for a in mats]), device)
+    scaling = scaling.view(-1, 1, 1)
     src_x = torch.where(scaling, scale_x.expand(-1, height, -1), fixed_x)
     src_y = torch.where(scaling, scale_y.expand(-1, -1, width), fixed_y)
     return src_x, src_y
@@ -343,7 +349,7 @@ def _warp(
     device = clips.device
     pixels = height * width
     src = clips.reshape(n, t * c, pixels)  # every frame and channel of a clip shares a map
-    fill_col = _to(torch.tensor(list(fill) * t, dtype=torch.uint8), device).view(1, t * c, 1)
+    fill_col = to_device(torch.tensor(list(fill) * t, dtype=torch.uint8), device).view(1, t * c, 1)
 
     if kind == NEAREST:
         sx, sy = (v.reshape(n, 1, pixels) for v in _nearest_source(mats, height, width, device))
@@ -352,7 +358,7 @@ def _warp(
         value = src.gather(2, index.expand(-1, t * c, -1))
         return torch.where(inside, value, fill_col).view(clips.shape)
 
-    m = _to(torch.tensor(mats, dtype=torch.float64), device)
+    m = to_device(torch.tensor(mats, dtype=torch.float64), device)
     a0, a1, a2, a3, a4, a5 = (m[:, k].view(-1, 1, 1) for k in range(6))
     xs = torch.arange(width, device=device, dtype=torch.float64).view(1, 1, width) + 0.5
     ys = torch.arange(height, device=device, dtype=torch.float64).view(1, height, 1) + 0.5

@@ -2,8 +2,9 @@
 
 ``loop`` runs one epoch or one evaluation pass, ``builders`` turns flags into data loaders,
 model and optimiser, ``run`` drives whole train / eval jobs with resume; ``checkpoint`` and
-``weights`` write and read run state, ``optim``, ``mixup``, ``metrics``, ``reports`` and
-``distributed`` are the parts the loop uses. ``trained`` turns a finished run folder back
+``weights`` write and read run state, ``optim``, ``mixup``, ``metrics``, ``reports``,
+``precision`` (the arithmetic chosen for the card) and ``distributed`` are the parts the
+loop uses. ``trained`` turns a finished run folder back
 into a model (``aptune.load_run``) and ``report_html`` writes its ``report.html``. Imports
 point down only: the engine uses build/config/tuning/models/data and never a command or
 the CLI.
@@ -11,7 +12,8 @@ the CLI.
 
 from aptune.engine.checkpoint import ResumeError
 from aptune.engine.distributed import DistInfo, unwrap
-from aptune.engine.loop import NonFiniteLossError, Precision, predict_views, train_one_epoch
+from aptune.engine.loop import NonFiniteLossError, predict_views, train_one_epoch
+from aptune.engine.precision import Precision
 from aptune.engine.run import (
     evaluate_config,
     evaluate_run,

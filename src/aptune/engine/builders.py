@@ -27,9 +27,10 @@ from aptune.config import ConfigError, RunConfig
 from aptune.data import DataConfig, DeviceAugment, build_dataset, collate_clips
 from aptune.engine import seeds
 from aptune.engine.distributed import DistInfo
-from aptune.engine.loop import Precision, TrainStep, resolve_precision
+from aptune.engine.loop import TrainStep
 from aptune.engine.mixup import VideoMixup, soft_target_cross_entropy
 from aptune.engine.optim import ModelEma, build_optimizer, cosine_schedule, scaled_lr
+from aptune.engine.precision import build_scaler, run_precision
 from aptune.engine.preempt import ignore_in_workers
 from aptune.models.vit import VisionTransformer
 from aptune.recipes import mixup_active
@@ -111,24 +112,27 @@ def _seed_worker(worker_id: int) -> None:
 
 
 class _Positioned(Dataset):
-    """``ds[(pos, index)]``: the item with torch/numpy/random seeded from (epoch, pos).
+    """``ds[(epoch_seed, pos, index)]``: the item with torch/numpy/random seeded from the
+    epoch's seed and the item's position in the epoch's order.
 
     A training item's augmentation then depends only on its position in the epoch's
     order, not on which worker made it or what that worker made before: a mid-epoch
     resume can skip the consumed batches without decoding them, and any --num_workers
-    gives the same clips. In the main process (--num_workers 0) the global RNG states
-    are put back afterwards, so dropout draws do not depend on data loading.
+    gives the same clips. The epoch's seed travels in the key rather than living in the
+    dataset, so persistent workers (forked once per run) still see each new epoch. In the
+    main process (--num_workers 0) the global RNG states are put back afterwards, so
+    dropout draws do not depend on data loading.
     """
 
     def __init__(self, dataset) -> None:
-        self.dataset, self.epoch_seed = dataset, 0
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        pos, index = key
-        seed = seeds.item_seed(self.epoch_seed, pos)
+    def __getitem__(self, key: tuple[int, int, int]):
+        epoch_seed, pos, index = key
+        seed = seeds.item_seed(epoch_seed, pos)
         if get_worker_info() is not None:  # a worker process: its RNGs serve data only
             seed_host_rngs(seed)
             return self.dataset[index]
@@ -143,19 +147,19 @@ class _Positioned(Dataset):
 
 
 class _Batches(Sampler):
-    """Batches of ``(position, index)`` from ``sampler``; the first ``skip`` are consumed
-    from the order (so it stays the same) but never yielded, hence never decoded."""
+    """Batches of ``(epoch_seed, position, index)`` from ``sampler``; the first ``skip`` are
+    consumed from the order (so it stays the same) but never yielded, hence never decoded.
+    Runs in the main process, so ``set_epoch`` changes reach it without new workers."""
 
     def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool) -> None:
-        self.sampler, self.batch_size, self.drop_last, self.skip = (
-            sampler, batch_size, drop_last, 0
-        )  # fmt: skip
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.skip, self.epoch_seed = 0, 0
 
     def __iter__(self):
-        batch: list[tuple[int, int]] = []
+        batch: list[tuple[int, int, int]] = []
         done = 0
         for pos, index in enumerate(self.sampler):
-            batch.append((pos, int(index)))
+            batch.append((self.epoch_seed, pos, int(index)))
             if len(batch) == self.batch_size:
                 if done >= self.skip:
                     yield batch
@@ -175,6 +179,12 @@ class EpochLoader:
     earlier epochs leaks into the data order or the augmentations; ``set_epoch(e, skip)``
     continues an epoch after ``skip`` batches (mid-epoch resume). Training items are
     seeded per position (:class:`_Positioned`); evaluation items need no randomness.
+
+    Under DDP every loader is sharded (``DistributedSampler``): evaluation too, whose
+    padded duplicates ``metrics.merge_views`` removes, so no rank waits for another's
+    whole pass. ``persistent``: the workers live for the whole run instead of being
+    forked again every epoch (the epoch's seed reaches them in the batch keys). Batches
+    go to pinned memory on a CUDA device, so their copy to the GPU does not wait.
     """
 
     def __init__(
@@ -187,40 +197,44 @@ class EpochLoader:
         batch_size: int,
         num_workers: int,
         pin_mem: bool = True,
-        dist_eval: bool = False,
+        persistent: bool | None = None,
     ) -> None:
         self.dataset, self.seed, self.info, self.train = dataset, seed, info, train
-        self.generator = torch.Generator()
-        if info.enabled and (train or dist_eval):
+        # the order's own generator: the DataLoader also draws from the one it is given
+        # (its workers' base seed) when it makes an iterator, which persistent workers do
+        # once per run and a single process once per epoch
+        self.order = torch.Generator()
+        if info.enabled:
             self.sampler = DistributedSampler(dataset, info.world_size, info.rank,
                                               shuffle=train, seed=self.seed, drop_last=train)
         elif train:
-            self.sampler = RandomSampler(dataset, generator=self.generator)
+            self.sampler = RandomSampler(dataset, generator=self.order)
         else:
             self.sampler = SequentialSampler(dataset)
+        keep = train if persistent is None else persistent
         common = dict(
             num_workers=num_workers,
             pin_memory=pin_mem and info.device.type == "cuda",
             collate_fn=collate_clips,
             worker_init_fn=_seed_worker,
-            generator=self.generator,
-            persistent_workers=False,
+            # workers' base seeds; items reseed per position, evaluation draws nothing
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=keep and num_workers > 0,
         )
         if train:
-            self.positioned = _Positioned(dataset)
             self.batches = _Batches(self.sampler, batch_size, drop_last=True)
-            self.loader = DataLoader(self.positioned, batch_sampler=self.batches, **common)
+            self.loader = DataLoader(_Positioned(dataset), batch_sampler=self.batches, **common)
         else:
             self.loader = DataLoader(dataset, batch_size=batch_size,
                                      sampler=self.sampler, drop_last=False, **common)  # fmt: skip
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Reseed for ``epoch``; the next pass starts after ``skip_batches`` batches."""
-        self.generator.manual_seed(seeds.loader_order_seed(self.seed, epoch, self.info.rank))
+        self.order.manual_seed(seeds.loader_order_seed(self.seed, epoch, self.info.rank))
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
         if self.train:
-            self.positioned.epoch_seed = seeds.item_epoch_seed(self.seed, epoch, self.info.rank)
+            self.batches.epoch_seed = seeds.item_epoch_seed(self.seed, epoch, self.info.rank)
             self.batches.skip = skip_batches
 
     def __iter__(self):
@@ -294,6 +308,8 @@ def build_train_step(cfg: RunConfig, model, ddp_model, info: DistInfo, steps: in
     lr, min_lr = per_256(o.lr), per_256(o.min_lr)
     # the reference builds its schedule without --warmup_lr: warmup starts at 0 unless given
     warmup_lr = 0.0 if o.warmup_lr is None else per_256(o.warmup_lr)
+    precision = run_precision(cfg, info.device)
+    scaler = build_scaler(precision, cfg.job.enable_deepspeed)
     optimizer = build_optimizer(
         model,
         opt=o.opt,
@@ -304,13 +320,13 @@ def build_train_step(cfg: RunConfig, model, ddp_model, info: DistInfo, steps: in
         momentum=o.momentum,
         layer_decay=o.layer_decay if trains_backbone(model) else None,
         head_lr_scale=o.head_lr_scale,
+        fused=scaler is not None,  # the scaler's inf/NaN skip stays on the device
     )
     lr_values = cosine_schedule(
         lr, min_lr, o.epochs, steps, o.warmup_epochs, warmup_lr, o.warmup_steps
     )
     wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
     wd_values = cosine_schedule(o.weight_decay, wd_end, o.epochs, steps)
-    precision = run_precision(cfg, info.device)
     ema = ModelEma(model, decay=o.model_ema_decay) if o.model_ema else None
     mixup = None
     if mixup_active(vars(o)):  # soft targets even where mixup_prob 0 never mixes, as there
@@ -331,46 +347,35 @@ def build_train_step(cfg: RunConfig, model, ddp_model, info: DistInfo, steps: in
         update_freq=o.update_freq,
         clip_grad=o.clip_grad,
         precision=precision,
-        scaler=build_scaler(precision, cfg.job.enable_deepspeed),
+        scaler=scaler,
         ema=ema,
         mixup=mixup,
         criterion=criterion,
         soft_criterion=soft_target_cross_entropy,
         max_steps=cfg.job.max_steps_per_epoch,
+        log_every=cfg.job.log_every,
     )
 
 
-def run_precision(cfg: RunConfig, device: torch.device) -> Precision:
-    """``--precision``, except that ``--enable_deepspeed`` with ``auto`` on a GPU trains in
-    fp16 as the reference's DeepSpeed config does."""
-    if cfg.job.enable_deepspeed and cfg.optim.precision == "auto" and device.type == "cuda":
-        return resolve_precision("fp16", device)
-    return resolve_precision(cfg.optim.precision, device)
-
-
-def build_scaler(precision: Precision, deepspeed: bool) -> torch.amp.GradScaler | None:
-    """fp16's loss scaler; under ``--enable_deepspeed`` the reference's dynamic scale:
-    2^7 at the start, doubled after 128 steps without an overflow."""
-    if precision.name != "fp16":
-        return None
-    if deepspeed:
-        return torch.amp.GradScaler("cuda", init_scale=2.0**7, growth_interval=128)
-    return torch.amp.GradScaler("cuda")
-
-
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DDP without re-broadcasting buffers from rank 0 at every forward: the model's
+    buffers are constants (the sinusoid position table) built the same on every rank."""
     if not info.enabled:
         return model
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                     broadcast_buffers=False)  # fmt: skip
 
 
-def run_loader(dataset, cfg: RunConfig, info: DistInfo, train: bool) -> EpochLoader:
-    """A run's training (``batch_size``) or evaluation (``batch_size_val``) loader."""
+def run_loader(
+    dataset, cfg: RunConfig, info: DistInfo, train: bool, persistent: bool | None = None
+) -> EpochLoader:
+    """A run's training (``batch_size``) or evaluation (``batch_size_val``) loader;
+    ``persistent`` (default: for training) keeps its workers across passes."""
     batch = cfg.optim.batch_size if train else cfg.optim.batch_size_val
     return EpochLoader(dataset, info, train, seed=cfg.job.seed, batch_size=batch,
                        num_workers=cfg.data.num_workers, pin_mem=cfg.data.pin_mem,
-                       dist_eval=cfg.job.dist_eval)  # fmt: skip
+                       persistent=persistent)  # fmt: skip
 
 
 def run_dir(output_dir: str) -> Path:

@@ -7,6 +7,13 @@ and an EMA of the weights is updated after each step. Videos the data pipeline c
 read arrive as ``Batch.skipped`` and are counted, never replaced. ``after_step`` is asked
 after every optimiser step whether to stop (preemption) and may write a mid-epoch
 checkpoint; ``start_step`` + ``carry`` continue an epoch from such a checkpoint.
+
+A step never reads a value back from the device: reading a CUDA tensor waits for every
+kernel queued before it, so the CPU could not run ahead (launching the next kernels,
+augmenting the next batch on the device) while the GPU computes. The micro-batch losses
+and the gradient norm stay on the device (:class:`DeviceSums`) and are read every
+``log_every`` optimiser steps, when a checkpoint needs them and at the end of the epoch;
+a NaN/inf loss is noticed at the first such read.
 """
 
 from __future__ import annotations
@@ -22,40 +29,50 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from aptune.config import ConfigError
 from aptune.data import RawBatch
 from aptune.engine.distributed import DistInfo, all_reduce_mean, unwrap
 from aptune.engine.metrics import ViewRecords, view_probs
 from aptune.engine.optim import apply_schedules, clip_gradients
+from aptune.engine.precision import Precision, resolve_precision
+
+#: optimiser steps between two reads of the loss and gradient norm (``--log_every``): a
+#: read costs at most the overlap of one step, so 1/100 of a step or less
+DEFAULT_LOG_EVERY = 100
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf: training cannot continue meaningfully."""
 
 
-@dataclass
-class Precision:
-    """Autocast settings; ``name`` is what the log says runs."""
+class DeviceSums:
+    """The epoch's loss sum and the last gradient norm, kept on the device between reads.
 
-    name: str = "fp32"
-    device_type: str = "cpu"
+    The sum is float64 and adds the fp32 losses one by one in order, so it equals the sum
+    of their Python floats exactly: ``log.txt`` reports the same numbers as a loop that read
+    every loss. ``count`` (non-empty micro-batches) is known on the host without a read.
+    """
 
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+    def __init__(self, device: torch.device, loss_sum: float, count: int) -> None:
+        self.total = torch.tensor(loss_sum, dtype=torch.float64, device=device)
+        self.count = count
+        self.norm: torch.Tensor | None = None
+        self.read_at = count  # ``count`` at the last read
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss.detach().to(torch.float64)
+        self.count += 1
 
-
-def resolve_precision(requested: str, device: torch.device) -> Precision:
-    if requested == "auto":
-        requested = "fp16" if device.type == "cuda" else "fp32"
-    if requested == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA device; on CPU use --precision bf16")
-    return Precision(requested, device.type)
+    def read(self, where: str) -> tuple[float, int, float | None]:
+        """(loss sum, micro-batches, last gradient norm) as host numbers: one wait for the
+        device. A NaN/inf since the last read stops training, naming ``where``."""
+        total = float(self.total)
+        if not math.isfinite(total):
+            raise NonFiniteLossError(
+                f"loss is {total} {where} (micro-batches {self.read_at + 1}-{self.count} of "
+                "the epoch); lower --lr, use --clip_grad, or check the data/checkpoint"
+            )
+        self.read_at = self.count
+        return total, self.count, None if self.norm is None else float(self.norm)
 
 
 @dataclass
@@ -70,9 +87,17 @@ class EpochStats:
     loss_sum: float = 0.0  # over this epoch's micro-batches so far (kept across a resume)
     loss_n: int = 0
     stopped: bool = False  # after_step asked to stop mid-epoch
+    sums: DeviceSums | None = field(default=None, repr=False)  # the unread device values
+
+    def settle(self, where: str = "") -> None:
+        """Bring ``loss_sum``, ``loss_n`` and ``grad_norm`` up to date (a device read)."""
+        if self.sums is not None:
+            self.loss_sum, self.loss_n, norm = self.sums.read(where)
+            self.grad_norm = norm if norm is not None else self.grad_norm
 
     def carry(self) -> dict:
         """What a mid-epoch checkpoint keeps so the resumed epoch reports the same numbers."""
+        self.settle("before a checkpoint")
         return {"loss_sum": self.loss_sum, "loss_n": self.loss_n, "clips": self.clips,
                 "steps": self.steps, "skipped": [list(s) for s in self.skipped],
                 "grad_norm": self.grad_norm}  # fmt: skip
@@ -115,6 +140,7 @@ class TrainStep:
     soft_criterion: Callable | None = None
     max_steps: int | None = None
     augment: Callable | None = None  # --aug_device: RawBatch -> clips on the device
+    log_every: int = DEFAULT_LOG_EVERY  # optimiser steps between reads of loss and norm
 
 
 def train_one_epoch(
@@ -130,16 +156,17 @@ def train_one_epoch(
 ) -> EpochStats:
     """One epoch from optimiser step ``start_step`` (the loader must already skip the
     batches before it). ``after_step(steps_done_in_epoch, stats)`` returning True stops
-    the epoch there (``stats.stopped``)."""
+    the epoch there (``stats.stopped``). ``on_step(global_step, values)`` gets the running
+    loss, lr and gradient norm at each log point (every ``ts.log_every`` steps)."""
     model, opt = ts.model, ts.optimizer
     model.train()
     stats = carry if carry is not None else EpochStats()
+    stats.sums = DeviceSums(info.device, stats.loss_sum, stats.loss_n)
     limit = ts.steps_per_epoch if ts.max_steps is None else min(ts.steps_per_epoch, ts.max_steps)
     total_micro = limit * ts.update_freq
     bar = tqdm(total=limit, initial=start_step, desc=f"epoch {epoch}",
                disable=not (progress and info.is_main), leave=False)  # fmt: skip
-    loss_sum, loss_n, start = stats.loss_sum, stats.loss_n, time.perf_counter()
-    clips_before = stats.clips
+    start, clips_before = time.perf_counter(), stats.clips
     opt.zero_grad(set_to_none=True)
     first = start_step * ts.update_freq
     for micro, batch in enumerate(loader if first < total_micro else (), start=first):
@@ -153,72 +180,84 @@ def train_one_epoch(
         if len(batch) > 0 or info.enabled:  # an empty batch still joins DDP's all-reduce
             loss = _forward_backward(ts, batch, info, sync=is_update)
             if loss is not None:
-                loss_sum, loss_n = loss_sum + loss, loss_n + 1
+                stats.sums.add(loss)
                 stats.clips += len(batch)
-        if is_update:
-            stats.grad_norm = _optimizer_step(ts)
-            stats.steps += 1
-            bar.update(1)
-            elapsed = time.perf_counter() - start
-            lr = max(g["lr"] for g in opt.param_groups)
-            bar.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.4f}", lr=f"{lr:.2e}",
-                            clips_s=f"{stats.clips / max(elapsed, 1e-9):.2f}")  # fmt: skip
-            if on_step is not None:
-                on_step(global_step, {"loss": loss_sum / max(loss_n, 1), "lr": lr})
-            stats.loss_sum, stats.loss_n = loss_sum, loss_n
-            if after_step is not None and after_step(step + 1, stats):
-                stats.stopped = True
-                break
+        if not is_update:
+            continue
+        stats.sums.norm = _optimizer_step(ts)
+        stats.steps += 1
+        bar.update(1)
+        if (global_step + 1) % ts.log_every == 0:
+            _log_point(stats, opt, global_step, epoch, bar, on_step, start, clips_before)
+        if after_step is not None and after_step(step + 1, stats):
+            stats.stopped = True
+            break
     bar.close()
+    stats.settle(f"in epoch {epoch}")  # waits for the GPU: the time below includes its work
+    stats.sums = None
     elapsed = time.perf_counter() - start
-    stats.loss_sum, stats.loss_n = loss_sum, loss_n
-    stats.loss = all_reduce_mean(loss_sum / max(loss_n, 1), info)
+    stats.loss = all_reduce_mean(stats.loss_sum / max(stats.loss_n, 1), info)
     stats.lr = max(g["lr"] for g in opt.param_groups)
     stats.clips_per_s = (stats.clips - clips_before) * info.world_size / max(elapsed, 1e-9)
     return stats
 
 
-def _forward_backward(ts: TrainStep, batch, info: DistInfo, sync: bool) -> float | None:
-    """Loss of the micro-batch (None for an all-skipped batch, which contributes zero)."""
+def _log_point(stats: EpochStats, opt, global_step: int, epoch: int, bar, on_step,
+               start: float, clips_before: int) -> None:  # fmt: skip
+    """Read the device sums (the one wait for the GPU in ``log_every`` steps) and show them."""
+    stats.settle(f"at step {global_step + 1} (epoch {epoch})")
+    loss = stats.loss_sum / max(stats.loss_n, 1)
+    lr = max(g["lr"] for g in opt.param_groups)
+    rate = (stats.clips - clips_before) / max(time.perf_counter() - start, 1e-9)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.2f}")
+    if on_step is not None:
+        values = {"loss": loss, "lr": lr}
+        if stats.grad_norm is not None:
+            values["grad_norm"] = stats.grad_norm
+        on_step(global_step, values)
+
+
+def _device_batch(ts: TrainStep, batch, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clips, labels) on the training device; pinned batches copy without a wait."""
     if isinstance(batch, RawBatch):  # workers decoded only: augment here, on the device
         clips = ts.augment(batch.to(info.device, non_blocking=True))
     else:
         clips = batch.clips.to(info.device, non_blocking=True)
-    labels = batch.labels.to(info.device, non_blocking=True)
-    if len(batch) == 0:
-        (ts.model(clips).sum() * 0.0).backward()
-        return None
-    if ts.mixup is not None:
+    return clips, batch.labels.to(info.device, non_blocking=True)
+
+
+def _forward_backward(ts: TrainStep, batch, info: DistInfo, sync: bool) -> torch.Tensor | None:
+    """The micro-batch's loss, left on the device (None for an all-skipped batch, which
+    contributes zero gradients but runs the same forward, autocast and DDP ``no_sync``
+    as any other micro-batch: its ranks' all-reduce must happen on the same micro-step)."""
+    clips, labels = _device_batch(ts, batch, info)
+    empty = len(batch) == 0
+    if ts.mixup is not None and not empty:
         clips, targets = ts.mixup(clips, labels)
     no_sync = getattr(ts.model, "no_sync", None)
     ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
     with ctx:
         with ts.precision.autocast():
             logits = ts.model(clips)
-        if ts.mixup is not None:
+        if empty:
+            loss = logits.float().sum() * 0.0
+        elif ts.mixup is not None:
             loss = ts.soft_criterion(logits.float(), targets)
         else:
             loss = ts.criterion(logits.float(), labels)
-        value = float(loss.item())
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"loss is {value}; lower --lr, use --clip_grad, or check the data/checkpoint"
-            )
-        loss = loss / ts.update_freq
-        if ts.scaler is not None:
-            ts.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-    return value
+        scaled = loss / ts.update_freq
+        (ts.scaler.scale(scaled) if ts.scaler is not None else scaled).backward()
+    return None if empty else loss.detach()
 
 
-def _optimizer_step(ts: TrainStep) -> float | None:
+def _optimizer_step(ts: TrainStep) -> torch.Tensor | None:
+    """Unscale, clip, step, EMA; returns the gradient norm as a device tensor."""
     params = [p for g in ts.optimizer.param_groups for p in g["params"]]
     if ts.scaler is not None:
         ts.scaler.unscale_(ts.optimizer)
     norm = clip_gradients(params, ts.clip_grad)
     if ts.scaler is not None:
-        ts.scaler.step(ts.optimizer)
+        ts.scaler.step(ts.optimizer)  # skips on inf/NaN on the device with a fused optimiser
         ts.scaler.update()
     else:
         ts.optimizer.step()
@@ -250,3 +289,16 @@ def predict_views(
         records.add(batch.video_index.tolist(), batch.view_index.tolist(),
                     batch.labels.tolist(), probs)  # fmt: skip
     return records
+
+
+__all__ = [
+    "DEFAULT_LOG_EVERY",
+    "DeviceSums",
+    "EpochStats",
+    "NonFiniteLossError",
+    "Precision",
+    "TrainStep",
+    "predict_views",
+    "resolve_precision",
+    "train_one_epoch",
+]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -130,12 +131,15 @@ def build_optimizer(
     momentum: float = 0.9,
     layer_decay: float | None = None,
     head_lr_scale: float = 1.0,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """An optimiser over :func:`param_groups` with timm's meaning of ``--opt``.
 
     ``sgd`` is Nesterov SGD (timm's ``sgd``), ``momentum`` plain heavy-ball SGD. ``lr`` is
     the already scaled rate; each group starts at ``lr * lr_scale`` so the optimiser is
-    consistent even before the first :func:`apply_schedules`.
+    consistent even before the first :func:`apply_schedules`. ``fused``: one kernel per
+    step, which also lets fp16's ``GradScaler`` skip a step with inf/NaN gradients on the
+    device instead of reading its flag on the host every step.
     """
     name = opt.lower()
     if name not in OPTIMIZERS:
@@ -148,8 +152,9 @@ def build_optimizer(
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     if name in ("sgd", "momentum"):
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=name == "sgd")
-    kwargs: dict[str, Any] = {"lr": lr}
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=name == "sgd",
+                               fused=fused or None)  # fmt: skip
+    kwargs: dict[str, Any] = {"lr": lr, "fused": fused or None}
     if opt_eps is not None:
         kwargs["eps"] = opt_eps
     if opt_betas is not None:
@@ -224,30 +229,31 @@ def apply_schedules(
             group["weight_decay"] = float(wd_values[step])
 
 
-def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> float | None:
+def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> torch.Tensor | None:
     """Clip the global L2 norm to ``max_norm`` (if given and > 0); return the norm before.
 
     The norm is returned even without clipping because the engine logs it (as the
-    reference's loss scaler does). None when no parameter has a gradient. With AMP on a
-    GPU, unscale the gradients (``scaler.unscale_``) before calling this.
+    reference's loss scaler does). It is a 0-d tensor on the gradients' device: converting
+    it to a number waits for the GPU, which the training loop does only at log points.
+    None when no parameter has a gradient. With AMP on a GPU, unscale the gradients
+    (``scaler.unscale_``) before calling this.
     """
     with_grad = [p for p in params if p.grad is not None]
     if not with_grad:
         return None
     if max_norm is not None and max_norm > 0:
-        norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in with_grad])
-    return float(norm)
+        return torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in with_grad])
 
 
 class ModelEma:
     """Exponential moving average of a model's weights (timm's ``ModelEma`` recipe).
 
-    ``ema = decay * ema + (1 - decay) * model`` for every floating-point parameter and
-    buffer; integer buffers are copied. Frozen parameters (an APT backbone) cannot change,
-    so they are copied instead of averaged: exact, and cheaper than a lerp over the
-    whole backbone every step.
+    ``ema = decay * ema + (1 - decay) * model`` for every trainable parameter and every
+    floating-point buffer of the state dict, in one ``torch._foreach_lerp_`` per step;
+    integer buffers are copied. Frozen parameters (an APT backbone) cannot change, so the
+    copy taken here stays exact and is never touched again: a step costs the trainable
+    tensors only, not a pass over the whole backbone.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999) -> None:
@@ -258,20 +264,40 @@ class ModelEma:
         self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self._param_names = {n for n, _ in self.module.named_parameters()}
+        self._source: weakref.ref | None = None  # the model the pairs below belong to
+        self._pairs: tuple[list, list, list, list] = ([], [], [], [])
+
+    def _tracked(self, model: nn.Module) -> tuple[list, list, list, list]:
+        """(EMA, model) tensors to average and (EMA, model) integer buffers to copy.
+
+        Built once per model: optimisers and ``load_state_dict`` update tensors in place,
+        so the references stay valid for the whole run.
+        """
+        if self._source is not None and self._source() is model:
+            return self._pairs
+        params = dict(model.named_parameters())
+        src = model.state_dict(keep_vars=True)
+        avg_e, avg_m, copy_e, copy_m = [], [], [], []
+        for name, ema_v in self.module.state_dict(keep_vars=True).items():
+            v = src[name]
+            if name in params and not params[name].requires_grad:
+                continue  # frozen: equal to the copy taken at construction
+            if ema_v.is_floating_point():
+                avg_e.append(ema_v.data)
+                avg_m.append(v.data)
+            else:
+                copy_e.append(ema_v.data)
+                copy_m.append(v.data)
+        self._source, self._pairs = weakref.ref(model), (avg_e, avg_m, copy_e, copy_m)
+        return self._pairs
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        model = unwrap(model)
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        src = model.state_dict()
-        for name, ema_v in self.module.state_dict().items():
-            v = src[name].detach().to(ema_v.device)
-            averaged = name in trainable or name not in self._param_names  # float buffers too
-            if ema_v.is_floating_point() and averaged:
-                ema_v.lerp_(v.to(ema_v.dtype), 1.0 - self.decay)
-            else:
-                ema_v.copy_(v)
+        avg_e, avg_m, copy_e, copy_m = self._tracked(unwrap(model))
+        if avg_e:
+            torch._foreach_lerp_(avg_e, avg_m, 1.0 - self.decay)
+        for e, v in zip(copy_e, copy_m):
+            e.copy_(v)
 
     @torch.no_grad()
     def set(self, model: nn.Module) -> None:
