@@ -14,6 +14,13 @@ refused" to the old port). Here rank 0 hosts a fresh store on a free port for ev
 attempt and publishes its address in the agent store; a rank that reads a stale address
 finds nothing listening there and re-reads it. Every wait is bounded by
 ``--dist_timeout`` and ends in one line naming the rank and what it waited for.
+
+Besides the backend's group (NCCL on GPUs) every run has a gloo group on the CPU
+(``DistInfo.cpu_group``) for the things that must not touch the GPU or its watchdog: the
+per-step stop vote (:class:`StopVote`, a non-blocking all-reduce read one step later, so
+the step never waits for it) and the waits for rank 0's long work such as checkpoint
+writes (:func:`wait_for_main`, bounded by ``max(--dist_timeout, MAIN_WORK_TIMEOUT)``: an
+NCCL barrier there would be aborted by the watchdog at ``--dist_timeout``).
 """
 
 from __future__ import annotations
@@ -30,7 +37,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from aptune.config import ConfigError
+
 STORE_KEY = "aptune/attempt_store"
+#: seconds the other ranks wait while rank 0 writes a checkpoint or reports (at least
+#: --dist_timeout): a ViT-g checkpoint with AdamW state is ~12 GB, ten minutes at 20 MB/s
+MAIN_WORK_TIMEOUT = 3600.0
 _T = TypeVar("_T")
 
 
@@ -58,6 +70,7 @@ class DistInfo:
     device: torch.device = torch.device("cpu")
     backend: str | None = None
     timeout: float = 300.0  # --dist_timeout, seconds
+    cpu_group: Any = None  # gloo group for the stop vote and waits for rank 0 (see above)
 
     @property
     def enabled(self) -> bool:
@@ -68,14 +81,40 @@ class DistInfo:
         return self.rank == 0
 
 
-def choose_device(requested: str, local_rank: int) -> torch.device:
+def _own_gpu(local_rank: int) -> int:
+    """The GPU index of the process with ``local_rank`` on its node: GPU ``LOCAL_RANK``, or
+    GPU 0 when the launcher made one GPU visible per process (Slurm ``--gpus-per-task``)."""
+    count = torch.cuda.device_count()
+    if count == 1:
+        return 0
+    if local_rank >= count:
+        raise ConfigError(
+            f"LOCAL_RANK {local_rank} but this node shows {count} GPUs: start at most {count} "
+            "processes per node (--nproc-per-node)"
+        )
+    return local_rank
+
+
+def choose_device(requested: str, local_rank: int, world: int = 1) -> torch.device:
+    """``--device`` for this process; under a launcher (``world`` > 1) each rank gets its own
+    GPU: ``cuda`` means GPU ``LOCAL_RANK``, and ``cuda:N`` is accepted only when N is that
+    GPU (a shared index would put every rank on one GPU)."""
     if requested in ("auto", ""):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        requested = f"cuda:{local_rank}"
     device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {requested}: CUDA is not available here; use --device cpu")
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested}: CUDA is not available here; use --device cpu")
+    own = _own_gpu(local_rank)
+    if device.index is None or world <= 1:
+        return device if device.index is not None else torch.device("cuda", own)
+    if device.index != own:
+        raise ConfigError(
+            f"--device {requested} under a launcher with {world} processes: the rank with "
+            f"LOCAL_RANK {local_rank} uses GPU {own}; pass --device cuda (each rank takes "
+            "its own GPU)"
+        )
     return device
 
 
@@ -89,7 +128,7 @@ def init_distributed(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", local_rank_flag if local_rank_flag >= 0 else 0))
     rank = int(os.environ.get("RANK", local))
-    dev = choose_device(device, local)
+    dev = choose_device(device, local, world)
     if world <= 1:
         return DistInfo(0, 1, 0, dev, None, timeout)
     if dev.type == "cuda":
@@ -111,6 +150,9 @@ def init_distributed(
             raise
         except Exception as e:  # DistStoreError, gloo connect errors: one line, not 30 min
             raise _timeout_error(info, what, e) from None
+    wait = timedelta(seconds=max(timeout, MAIN_WORK_TIMEOUT))
+    info.cpu_group = bounded(info, "the CPU group to form",
+                             lambda: dist.new_group(backend="gloo", timeout=wait))  # fmt: skip
     return info
 
 
@@ -188,27 +230,65 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-def _reduce(t: torch.Tensor, info: DistInfo, op: Any, what: str) -> torch.Tensor:
-    if info.backend == "nccl":
-        t = t.to(info.device)
-    bounded(info, what, lambda: dist.all_reduce(t, op=op))
-    return t
-
-
 def all_reduce_mean(value: float, info: DistInfo) -> float:
+    """The mean of ``value`` over the ranks (on the CPU group: no GPU tensor involved)."""
     if not info.enabled:
         return value
-    t = _reduce(torch.tensor([value], dtype=torch.float64), info, dist.ReduceOp.SUM,
-                "the other ranks' epoch loss (all_reduce)")  # fmt: skip
-    return float(t.item()) / info.world_size
+    t = torch.tensor([value], dtype=torch.float64)
+    bounded(info, "the other ranks' epoch loss (all_reduce)",
+            lambda: dist.all_reduce(t, op=dist.ReduceOp.SUM, group=info.cpu_group))  # fmt: skip
+    return float(t.numpy()[0]) / info.world_size
 
 
-def max_over_ranks(value: int, info: DistInfo, what: str) -> int:
-    """The largest ``value`` of all ranks, on every rank (e.g. a stop request's signal)."""
+class StopVote:
+    """Every rank learns, at the same optimiser step, whether a stop signal reached any of
+    them, without the step waiting for the vote or for the GPU.
+
+    :meth:`poll` at step k reads the MAX all-reduce started at step k-1 (on the CPU gloo
+    group, so no GPU tensor is read) and starts the next one with this rank's flag: all
+    ranks read the same value at the same step, and a signal is acted on one step after it
+    arrived. ``final=True`` (the end of an epoch) also votes on the flag as it is now and
+    waits, leaving nothing in flight. One process: the local flag, at once.
+    """
+
+    def __init__(self, info: DistInfo) -> None:
+        self.info = info
+        self.pending: tuple[Any, torch.Tensor] | None = None
+
+    def poll(self, local: int, what: str, final: bool = False) -> int:
+        if not self.info.enabled:
+            return local
+        agreed = self._collect(what)
+        if agreed == 0:  # a decided stop starts no new vote: every rank stops here
+            self._start(local, what)
+            if final:
+                agreed = self._collect(what)
+        return agreed
+
+    def _start(self, local: int, what: str) -> None:
+        flag = torch.tensor([local], dtype=torch.int64)
+        work = bounded(self.info, what, lambda: dist.all_reduce(
+            flag, op=dist.ReduceOp.MAX, group=self.info.cpu_group, async_op=True))  # fmt: skip
+        self.pending = (work, flag)
+
+    def _collect(self, what: str) -> int:
+        if self.pending is None:
+            return 0
+        work, flag = self.pending
+        self.pending = None
+        wait = timedelta(seconds=self.info.timeout)
+        bounded(self.info, what, lambda: work.wait(wait))
+        return int(flag.numpy()[0])  # a CPU tensor: no device to wait for
+
+
+def wait_for_main(info: DistInfo, what: str) -> None:
+    """All ranks meet here after rank 0's long work alone (a checkpoint, reports): a gloo
+    barrier on the CPU group, allowed ``max(--dist_timeout, MAIN_WORK_TIMEOUT)`` seconds,
+    where an NCCL barrier would be aborted by its watchdog at ``--dist_timeout``."""
     if not info.enabled:
-        return value
-    t = _reduce(torch.tensor([value], dtype=torch.int64), info, dist.ReduceOp.MAX, what)
-    return int(t.item())
+        return
+    group = info.cpu_group
+    bounded(info, f"rank 0 at {what}", lambda: dist.barrier(group=group))
 
 
 def cleanup(info: DistInfo) -> None:

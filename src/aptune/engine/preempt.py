@@ -5,8 +5,9 @@ SIGKILL after the grace period) warn a job before killing it. The handler only r
 the signal; the training loop finishes the optimiser step in progress, writes a
 checkpoint and raises ``SystemExit(128 + signum)`` so schedulers and torchrun see an
 interruption (143 for SIGTERM), not success. A second Ctrl-C raises KeyboardInterrupt at
-once. Under DDP the ranks agree through ``distributed.max_over_ranks`` on the step to
-stop at, so a signal that reached one rank stops all of them at the same step.
+once. Under DDP the ranks agree through ``distributed.StopVote`` on the step to stop at
+(the step after the signal arrived, without making any step wait), so a signal that
+reached one rank stops all of them at the same step.
 """
 
 from __future__ import annotations

@@ -38,12 +38,12 @@ from aptune.engine.checkpoint import (
 )
 from aptune.engine.distributed import (
     DistInfo,
+    StopVote,
     all_gather_objects,
-    barrier,
     cleanup,
     init_distributed,
-    max_over_ranks,
     unwrap,
+    wait_for_main,
 )
 from aptune.engine.loop import (
     EpochStats,
@@ -66,18 +66,12 @@ log = logging.getLogger("aptune")
 def evaluate_split(
     model, loader, info: DistInfo, precision: Precision, cfg, desc: str
 ) -> EvalResult | None:
-    """Evaluate on every rank's shard (dist_eval) or on rank 0; merged result on rank 0."""
+    """Evaluate every rank's shard (the loader's ``DistributedSampler`` under DDP: no rank
+    waits through another's whole pass) and merge on rank 0, where the sampler's padded
+    duplicates collapse by (video, view); None on the other ranks."""
     net = unwrap(model)
-    if info.enabled and not cfg.job.dist_eval:
-        records = (
-            [predict_views(net, loader, info, precision, not cfg.job.no_progress, desc)]
-            if (info.is_main)
-            else []
-        )
-        barrier(info)
-    else:
-        mine = predict_views(net, loader, info, precision, not cfg.job.no_progress, desc)
-        records = all_gather_objects(mine, info)
+    mine = predict_views(net, loader, info, precision, not cfg.job.no_progress, desc)
+    records = all_gather_objects(mine, info)
     if not info.is_main:
         return None
     ids, probs, labels, views = merge_views(records)
@@ -134,7 +128,8 @@ def train(cfg: RunConfig) -> dict:
 
 
 class _Saver:
-    """Rank 0 writes training state; every rank then waits at one bounded barrier."""
+    """Rank 0 writes training state; every rank then meets it on the CPU group
+    (``wait_for_main``: a slow disk is not a dead rank)."""
 
     def __init__(self, cfg, info: DistInfo, out: Path, model, ts, full: bool) -> None:
         self.info, self.out, self.model, self.ts = info, out, model, ts
@@ -150,7 +145,7 @@ class _Saver:
                                               ts.scaler, ts.ema, extra=extra, step=step,
                                               **self.kw)  # fmt: skip
         self.last = (epoch, step)
-        barrier(self.info, f"the checkpoint of epoch {epoch}")
+        wait_for_main(self.info, f"the checkpoint of epoch {epoch}")
         return self.folder
 
     def best(self, epoch: int, extra: dict) -> None:
@@ -225,13 +220,16 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
             if on_device
             else "in the data loading workers",
         )
-    loaders = {s: T.run_loader(d, cfg, info, train=s == "train") for s, d in datasets.items()}
+    # training and validation keep their workers across epochs; the test runs once
+    loaders = {s: T.run_loader(d, cfg, info, train=s == "train", persistent=s != "test")
+               for s, d in datasets.items()}  # fmt: skip
     resumed = _resume(cfg, model, ts, out, info)
     logger = RunLogger(out, cfg.job.log_dir, info.is_main, resumed.epoch)
     best = resumed.extra.get("best", {"top1": -1.0, "epoch": -1})
     saver = _Saver(cfg, info, out, model, ts, T.saves_full_weights(model, cfg))
     every = cfg.job.save_ckpt_steps
     started = time.perf_counter()
+    vote = StopVote(info)
     with StopSignals() as signals, _close_on_exit(logger):
         for epoch in range(resumed.epoch, cfg.optim.epochs):
             T.seed_everything(seeds.epoch_process_seed(cfg.job.seed, info.rank, epoch))
@@ -243,20 +241,21 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
                 if mid and resumed.mixup:
                     ts.mixup.rng.bit_generator.state = json.loads(resumed.mixup)
             if mid and resumed.rng is not None:
-                restore_rng(resumed.rng)  # the stream right after the checkpointed step
+                restore_rng(resumed.rng, info.device)  # right after the checkpointed step
 
             def after_step(
                 done: int, stats: EpochStats, epoch: int = epoch, best: dict = best
             ) -> bool:
                 """Mid-epoch checkpoint when due or when a stop signal reached any rank."""
-                signum = max_over_ranks(signals.signum, info, f"the stop flag (epoch {epoch})")
+                signum = vote.poll(signals.signum, f"the stop vote (epoch {epoch})")
                 due = every > 0 and (epoch * steps + done) % every == 0 and done < steps
                 if not ((signum or due) and cfg.job.save_ckpt):
                     if signum:
                         raise _stop(signum, None, info)
                     return False
                 mixup = ts.mixup.rng.bit_generator.state if ts.mixup is not None else None
-                mine = {"rng": capture_rng(), "mixup": json.dumps(mixup), "stats": stats.carry()}
+                mine = {"rng": capture_rng(info.device), "mixup": json.dumps(mixup),
+                        "stats": stats.carry()}  # fmt: skip
                 ranks = all_gather_objects(mine, info)  # each rank resumes its own streams
                 extra = {"best": best, "mid_epoch": {"epoch": epoch, "step": done,
                                                      "ranks": ranks}}  # fmt: skip
@@ -271,7 +270,8 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
                                     carry=carry, after_step=after_step)  # fmt: skip
             best = _end_epoch(cfg, info, epoch, stats, report.trainable, loaders, ddp_model,
                               precision, best, saver, logger)  # fmt: skip
-            signum = max_over_ranks(signals.signum, info, f"the stop flag (end of epoch {epoch})")
+            signum = vote.poll(signals.signum, f"the stop vote (end of epoch {epoch})",
+                               final=True)  # fmt: skip
             if signum and epoch + 1 < cfg.optim.epochs:
                 if cfg.job.save_ckpt and saver.last != (epoch, None):
                     saver.state(epoch, {"best": best})
@@ -322,7 +322,7 @@ def _end_epoch(cfg, info, epoch, stats, trainable, loaders, ddp_model, precision
     if cfg.job.save_ckpt and ((epoch + 1) % cfg.job.save_ckpt_freq == 0 or last or due_steps):
         saver.state(epoch, {"best": best})
     else:
-        barrier(info, f"the end of epoch {epoch}")
+        wait_for_main(info, f"the end of epoch {epoch}")  # rank 0 may be writing the best
     return best
 
 
