@@ -58,6 +58,11 @@ class Check:
         return any(s == "FAIL" for _, _, s in self.rows)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware (compute capability 8.0+): what --precision auto and --bf16 accept."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 # -- environment ---------------------------------------------------------------------------
 def environment(device: torch.device) -> list[Row]:
     from aptune.engine.loop import resolve_precision
@@ -148,7 +153,7 @@ def train_smoke(device: torch.device, work: Path) -> list[Row]:
 
     data = _dataset(work / "data")
     precisions = ["fp16", "bf16", "fp32"] if device.type == "cuda" else ["bf16", "fp32"]
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and not native_bf16(device):
         precisions.remove("bf16")
     augs = ["cuda", "cpu"] if device.type == "cuda" else ["cpu"]
     rows, steps = [], 4
@@ -206,7 +211,7 @@ def step_cost(device: torch.device, quick: bool) -> list[Row]:
 
     model, frames, size, batch = ("vit_nano", 4, 32, 2) if quick else (
         "vit_base_patch16_224", 16, 224, 8)  # fmt: skip
-    dtypes = [("bf16", torch.bfloat16)]
+    dtypes = [("bf16", torch.bfloat16)] if device.type == "cpu" or native_bf16(device) else []
     if device.type == "cuda":
         dtypes.append(("fp16", torch.float16))
     rows = []
@@ -234,8 +239,8 @@ def clips_per_s(device: torch.device, work: Path) -> list[Row]:
     rates = {}
     for aug in ("cuda", "cpu"):
         out = work / f"speed_{aug}"
-        flags = _train_flags(data, out, device, "bf16" if torch.cuda.is_bf16_supported()
-                             else "fp16", aug, 4)  # fmt: skip
+        flags = _train_flags(data, out, device, "bf16" if native_bf16(device) else "fp16",
+                             aug, 4)  # fmt: skip
         flags[flags.index("--num_workers") + 1] = str(min(8, os.cpu_count() or 1))
         start = time.perf_counter()
         with redirect_stdout(sys.stderr):
