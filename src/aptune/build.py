@@ -46,6 +46,7 @@ def build_model(
     attn_drop_rate: float = 0.0,
     attn_impl: AttnImpl = "sdpa",
     cos_attn: bool | None = None,
+    use_checkpoint: bool = False,
     verbose: bool = False,
     finetune: str | Path | None = None,
     **method_options: Any,
@@ -63,6 +64,8 @@ def build_model(
     checkpoint keys under that prefix, stripped (the reference's ``--model_prefix``).
     ``drop`` (after the position embedding, every attention projection and MLP) and
     ``attn_drop_rate`` (on the attention probabilities) are the reference's dropouts.
+    ``use_checkpoint`` recomputes block activations in backward instead of keeping them
+    (the reference's ``--use_checkpoint``; ``model.set_grad_checkpointing()`` toggles it).
     Extra keyword options go to the methods by their flag names (``lora_rank=8`` ...).
     Returns the model in train mode with ``requires_grad`` set for the method.
     """
@@ -129,6 +132,7 @@ def build_model(
         init_scale=init_scale,
         attn_impl=attn_impl,
         cos_attn=bool(cos_attn),
+        use_checkpoint=use_checkpoint,
         **arch,
     )
     attach_methods(net, configs)

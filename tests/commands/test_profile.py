@@ -46,6 +46,47 @@ def test_rows_count_flops_in_closed_form_and_are_sane():
         assert r["peak_train_mb"] >= r["rss_model_mb"] * 0.5 > 0
         assert 4 * r["trainable_params"] < r["ckpt_bytes"] < 4 * r["trainable_params"] + 4096
         assert 0 < r["trainable_pct"] < 100
+        assert r["act_peak_mb"] >= r["act_kept_mb"] > 0 and not r["use_checkpoint"]
+
+
+def test_checkpointed_rows_keep_less_and_count_the_recomputation():
+    """``--use_checkpoint``: a second row per method; on depth 2 one block is checkpointed."""
+    rows = profile_methods(
+        methods=["prompt", "end2end"], method_options={"prompt_num_tokens": P}, repeats=1,
+        isolate=False, use_checkpoint=True, **TINY,
+    )  # fmt: skip
+    assert [(r["method"], r["use_checkpoint"]) for r in rows] == [
+        ("prompt", False), ("prompt", True), ("end2end", False), ("end2end", True),
+    ]  # fmt: skip
+    for plain, ckpt in (rows[:2], rows[2:]):
+        assert ckpt["act_kept_mb"] < plain["act_kept_mb"]
+        assert ckpt["act_kept_vs_plain"] == ckpt["act_kept_mb"] / plain["act_kept_mb"] < 1
+        assert ckpt["act_peak_vs_plain"] == ckpt["act_peak_mb"] / plain["act_peak_mb"]
+        assert ckpt["train_gflops"] > plain["train_gflops"]  # block 0 runs forward twice
+        assert ckpt["fwd_gflops"] == plain["fwd_gflops"] and "act_kept_vs_plain" not in plain
+    from aptune.commands.profile_report import markdown
+
+    md = markdown({"model": "vit_nano", "num_frames": 4, "input_size": 32, "batch_size": 2,
+                   "nb_classes": C}, rows, [])  # fmt: skip
+    assert "| prompt | " in md and "| prompt +ckpt | " in md
+    assert f"({rows[1]['act_kept_vs_plain']:.2f}x)" in md
+
+
+def test_tensor_peak_counts_each_storage_once_while_alive():
+    import torch
+
+    from aptune.commands.profile_memory import TensorPeak
+
+    w = torch.ones(256)  # made before: not counted, nor its views or in-place results
+    with TensorPeak() as tracker:
+        a = torch.zeros(1024)  # 4 KiB
+        view, _ = a[:512], w.add_(1)
+        b = a * 2  # 4 KiB
+        del a, view, b
+        c = torch.empty(512)  # 2 KiB, after 8 KiB were released
+    assert (tracker.peak, tracker.live) == (8192, 2048)
+    del c
+    assert tracker.live == 0
 
 
 def test_flop_sweep_apt_flat_vpt_deep_grows():
@@ -79,7 +120,8 @@ def test_profile_subcommand_registers_flags_and_rejects_bad_options(capsys):
     add_profile_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["profile", "--lora_rank", "4", "--adapter_dim", "16", "--bf16"])
     assert (args.lora_rank, args.adapter_dim, args.bf16, args.vpt_num_tokens) == (4, 16, True, None)
-    assert args.func.__name__ == "run_profile"
+    assert args.func.__name__ == "run_profile" and not args.use_checkpoint
+    assert parser.parse_args(["profile", "--use_checkpoint"]).use_checkpoint
     bad = parser.parse_args(
         ["profile", "--model", "vit_nano", "--methods", "lora", "--lora_rank", "0"]
     )

@@ -14,6 +14,10 @@ of one method never count for the next. Peaks are Linux ``VmHWM`` (reset per pha
 ``/proc/self/clear_refs``), reported absolute and as the increase over the process's RSS
 before the phase (activations, gradients, optimiser state). ``ru_maxrss`` is the fallback
 elsewhere; it cannot be reset, so there the train peak is a peak since process start.
+The activation figures count tensors exactly (``profile_memory.step_memory``): what a
+training forward keeps for backward and the peak over forward + backward.
+``use_checkpoint`` adds a row per method measured with gradient checkpointing, its
+activations and step time also as a ratio to the row without.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import dataclasses
 import multiprocessing
 import os
 import platform
-import resource
 import shlex
 import sys
 import tempfile
@@ -41,40 +44,10 @@ from aptune.commands.profile_flops import (  # noqa: F401 - re-exported for call
     flops_sweep,
     size_methods,
 )
+from aptune.commands.profile_memory import peak_mb, reset_peak, rss_mb, step_memory
 
 DEFAULT_METHODS = "prompt,vpt_deep,adapter,lora,linear,end2end"
 DEFAULT_SWEEP = "1,2,50,100,200,400"
-
-
-# -- memory -----------------------------------------------------------------------------
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0  # kB -> MB
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
-    except OSError:
-        pass
-
-
-def _peak_mb() -> float:
-    hwm = _status_mb("VmHWM")
-    if hwm is not None:
-        return hwm
-    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # bytes vs kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
-def _rss_mb() -> float:
-    rss = _status_mb("VmRSS")
-    return rss if rss is not None else _peak_mb()
 
 
 # -- one method -------------------------------------------------------------------------
@@ -92,6 +65,7 @@ class Spec:
     repeats: int
     bf16: bool
     threads: int | None = None
+    use_checkpoint: bool = False
 
 
 def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -116,7 +90,8 @@ def measure(spec: Spec) -> dict[str, Any]:
     torch.manual_seed(0)
     model = aptune.build_model(
         spec.model_name, num_classes=spec.num_classes, transfer_type=spec.method,
-        num_frames=spec.num_frames, input_size=spec.input_size, **spec.options,
+        num_frames=spec.num_frames, input_size=spec.input_size,
+        use_checkpoint=spec.use_checkpoint, **spec.options,
     )  # fmt: skip
     report = aptune.parameter_report(model)
     trainable = {k: p.detach().contiguous() for k, p in model.named_parameters() if p.requires_grad}
@@ -129,7 +104,8 @@ def measure(spec: Spec) -> dict[str, Any]:
     x = torch.randn(B, 3, spec.num_frames, spec.input_size, spec.input_size)
     y = torch.randint(0, spec.num_classes, (B,))
     precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.bf16)
-    row: dict[str, Any] = {"method": spec.method, "rss_model_mb": _rss_mb()}
+    row: dict[str, Any] = {"method": spec.method, "use_checkpoint": spec.use_checkpoint}
+    row["rss_model_mb"] = rss_mb()
 
     model.eval()
 
@@ -137,11 +113,11 @@ def measure(spec: Spec) -> dict[str, Any]:
         with torch.no_grad(), precision:
             model(x)
 
-    _reset_peak()
-    before = _rss_mb()
+    reset_peak()
+    before = rss_mb()
     fwd_flops = count_inference_flops(model, infer)  # doubles as the warm-up
     latency = _timed(infer, spec.repeats)
-    infer_peak = _peak_mb()
+    infer_peak = peak_mb()
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -154,11 +130,16 @@ def measure(spec: Spec) -> dict[str, Any]:
         loss.backward()
         opt.step()
 
-    _reset_peak()
-    train_before = _rss_mb()
-    train_flops = count_flops(train_step)  # warm-up; also allocates AdamW's state
+    reset_peak()
+    train_before = rss_mb()
+    train_step()  # warm-up; also allocates AdamW's state
     step = _timed(train_step, spec.repeats)
-    train_peak = _peak_mb()
+    train_peak = peak_mb()
+    # both after the RSS phase, which neither may move: glibc keeps what a step frees, and
+    # FlopCounterMode's module hooks keep alive tensors that checkpointing would free (3x
+    # the tensor peak of a checkpointed ViT-S step)
+    activations = step_memory(model, x, y, precision)
+    train_flops = count_flops(train_step)
     row.update(
         trainable_params=report.trainable,
         backbone_params=report.backbone_total,
@@ -173,6 +154,8 @@ def measure(spec: Spec) -> dict[str, Any]:
         extra_infer_mb=max(infer_peak - before, 0.0),
         peak_train_mb=train_peak,
         extra_train_mb=max(train_peak - train_before, 0.0),
+        act_kept_mb=activations["kept_mb"],
+        act_peak_mb=activations["peak_mb"],
         ckpt_bytes=ckpt_bytes,
         threads=torch.get_num_threads(),
     )
@@ -191,11 +174,13 @@ def profile_methods(
     bf16: bool = False,
     isolate: bool = True,
     threads: int | None = None,
+    use_checkpoint: bool = False,
 ) -> list[dict]:
     """One row per method (see the module docstring); FLOPs are per clip.
 
     ``isolate`` runs each method in a fresh spawned process (honest memory figures);
-    ``False`` measures in this process, for debugging.
+    ``False`` measures in this process, for debugging. ``use_checkpoint`` follows each
+    method's row with one measured with gradient checkpointing.
     """
     from aptune.tuning import parse_transfer_type
 
@@ -205,17 +190,31 @@ def profile_methods(
         parse_transfer_type(method, options)
     rows = []
     for method in methods:
-        spec = Spec(model_name, method, num_frames, input_size, batch_size, num_classes,
-                    options, repeats, bf16, threads)  # fmt: skip
-        if isolate:
-            with multiprocessing.get_context("spawn").Pool(1) as pool:
-                rows.append(pool.apply(measure, (spec,)))
-        else:
-            rows.append(measure(spec))
+        for ckpt in (False, True) if use_checkpoint else (False,):
+            spec = Spec(model_name, method, num_frames, input_size, batch_size, num_classes,
+                        options, repeats, bf16, threads, ckpt)  # fmt: skip
+            if isolate:
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    rows.append(pool.apply(measure, (spec,)))
+            else:
+                rows.append(measure(spec))
     base = next((r["fwd_gflops"] for r in rows if r["method"] == "linear"), None)
     for r in rows:
         r["fwd_vs_linear"] = r["fwd_gflops"] / base if base else None
+    _relate_checkpointed(rows)
     return rows
+
+
+def _relate_checkpointed(rows: list[dict]) -> None:
+    """Checkpointed rows get their activations and step time over the row without."""
+    plain = {r["method"]: r for r in rows if not r["use_checkpoint"]}
+    for r in rows:
+        ref = plain.get(r["method"]) if r["use_checkpoint"] else None
+        if ref is None:
+            continue
+        r["act_peak_vs_plain"] = r["act_peak_mb"] / ref["act_peak_mb"]
+        r["act_kept_vs_plain"] = r["act_kept_mb"] / ref["act_kept_mb"]
+        r["train_vs_plain"] = r["train_s_per_clip"] / ref["train_s_per_clip"]
 
 
 # -- CLI --------------------------------------------------------------------------------
@@ -235,6 +234,11 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed iterations after a warm-up")
     p.add_argument("--bf16", action="store_true", help="CPU bf16 autocast (weights stay fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--use_checkpoint",
+        action="store_true",
+        help="also measure each method with gradient checkpointing (a second row each)",
+    )
     p.add_argument(
         "--token_sweep",
         default=DEFAULT_SWEEP,
@@ -287,7 +291,8 @@ def run_profile(args: argparse.Namespace) -> int:
     settings = dict(
         model=args.model, num_frames=args.num_frames, input_size=args.input_size,
         batch_size=args.batch_size, nb_classes=args.nb_classes, repeats=args.repeats,
-        bf16=args.bf16, options=options, command=_command_line(args),
+        bf16=args.bf16, use_checkpoint=args.use_checkpoint, options=options,
+        command=_command_line(args),
         torch=torch.__version__, cpu=platform.processor() or platform.machine(),
         cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M"),
     )  # fmt: skip
@@ -302,6 +307,7 @@ def run_profile(args: argparse.Namespace) -> int:
             rows = profile_methods(
                 args.model, methods, args.num_frames, args.input_size, args.batch_size,
                 args.nb_classes, options, args.repeats, args.bf16, threads=args.threads,
+                use_checkpoint=args.use_checkpoint,
             )  # fmt: skip
     except TuningConfigError as exc:
         print(f"error: {exc}")

@@ -28,6 +28,23 @@ def _seconds(s: float) -> str:
     return f"{s:.3f}" if s >= 0.01 else f"{s * 1000:.2f} ms"
 
 
+def label(row: dict) -> str:
+    """A row's name: the method, marked where it ran with gradient checkpointing."""
+    return row["method"] + (" +ckpt" if row.get("use_checkpoint") else "")
+
+
+def _vs(value: str, row: dict, key: str) -> str:
+    """``value``, followed by the checkpointed row's ratio to the row without."""
+    return f"{value} ({row[key]:.2f}x)" if key in row else value
+
+
+def _mb(row: dict, key: str) -> str:
+    """MB, two digits below 10 (tiny models); "-" in JSON written before the figure existed."""
+    if key not in row:
+        return "-"
+    return f"{row[key]:.0f}" if row[key] >= 10 else f"{row[key]:.2g}"
+
+
 def meta_table(settings: dict[str, Any], rows: list[dict]) -> list[str]:
     """``--meta`` rows: sizes and counted FLOPs only (nothing was run or timed)."""
     lines = [
@@ -66,17 +83,22 @@ def markdown(settings: dict[str, Any], rows: list[dict], sweep: list[dict]) -> s
         "",
         "| method | tunable params | % of backbone | fwd GFLOPs/clip | fwd vs linear "
         "| train-step GFLOPs/clip | inference s/clip | train step s/clip "
-        "| peak RSS infer / train (MB) | train RSS over model (MB) | trainable ckpt |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| peak RSS infer / train (MB) | train RSS over model (MB) "
+        "| activations kept (MB) | activation peak (MB) | trainable ckpt |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     for r in rows:
         rel = f"x{r['fwd_vs_linear']:.4f}" if r.get("fwd_vs_linear") else "-"
+        step = _vs(_seconds(r["train_s_per_clip"]), r, "train_vs_plain")
+        kept = _vs(_mb(r, "act_kept_mb"), r, "act_kept_vs_plain")
+        peak = _vs(_mb(r, "act_peak_mb"), r, "act_peak_vs_plain")
         lines.append(
-            f"| {r['method']} | {r['trainable_params']:,} | {r['trainable_pct']:.3f}% "
+            f"| {label(r)} | {r['trainable_params']:,} | {r['trainable_pct']:.3f}% "
             f"| {_g(r['fwd_gflops'])} | {rel} | {_g(r['train_gflops'])} "
-            f"| {_seconds(r['infer_s_per_clip'])} | {_seconds(r['train_s_per_clip'])} "
+            f"| {_seconds(r['infer_s_per_clip'])} | {step} "
             f"| {r['peak_infer_mb']:.0f} / {r['peak_train_mb']:.0f} "
-            f"| +{r['extra_train_mb']:.0f} | {_size(r['ckpt_bytes'])} |"
+            f"| +{r['extra_train_mb']:.0f} | {kept} | {peak} | {_size(r['ckpt_bytes'])} |"
         )
     lines += [
         "",
@@ -86,8 +108,11 @@ def markdown(settings: dict[str, Any], rows: list[dict], sweep: list[dict]) -> s
         "weight gradient). Times: best of the timed repeats after one warm-up (all are in the "
         "JSON). Memory: "
         "peak RSS (`VmHWM`) of a fresh process per method, and the train phase's peak over "
-        "the RSS before it (activations, gradients, AdamW state). Checkpoint: safetensors of "
-        "the trainable tensors only (fp32).",
+        "the RSS before it (activations, gradients, AdamW state). Activations: tensors counted "
+        "exactly over one forward + backward, those a training forward keeps for backward and "
+        "the most alive at once (recomputation and gradients included); `+ckpt` rows ran with "
+        "gradient checkpointing, (x) their ratio to the row without. Checkpoint: safetensors "
+        "of the trainable tensors only (fp32).",
     ]
     return _tail(lines, settings, sweep)
 
@@ -126,9 +151,9 @@ def plot(path: Path, rows: list[dict], sweep: list[dict]) -> None:
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
     axes = list(axes[0])
     ax = axes[0]
-    for r in rows:
+    for r in (r for r in rows if not r.get("use_checkpoint")):  # +ckpt: the same point
         ax.scatter(r["trainable_params"], r["fwd_gflops"], s=40)
-        ax.annotate(r["method"], (r["trainable_params"], r["fwd_gflops"]),
+        ax.annotate(label(r), (r["trainable_params"], r["fwd_gflops"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("tunable parameters (log)")
@@ -145,7 +170,7 @@ def plot(path: Path, rows: list[dict], sweep: list[dict]) -> None:
 
 
 def _time_panel(ax: Any, rows: list[dict]) -> None:
-    names = [r["method"] for r in rows]
+    names = [label(r) for r in rows]
     ys = range(len(rows))
     ax.barh([y + 0.2 for y in ys], [r["train_s_per_clip"] for r in rows], 0.4, label="train step")
     ax.barh([y - 0.2 for y in ys], [r["infer_s_per_clip"] for r in rows], 0.4, label="inference")

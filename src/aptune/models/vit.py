@@ -13,25 +13,28 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from aptune.models.layers import (
-    DropPath,
+from aptune.models.attention_kernels import (
     append_kv,
-    init_weights,
     plain_attention,
     recompute_attention,
+    split_heads,
+)
+from aptune.models.layers import (
+    DropPath,
+    init_weights,
     reduced_cpu_dtype,
     sinusoid_table,
-    split_heads,
     tubelet_matmul,
 )
+from aptune.models.sizes import MLP_RATIOS, MODEL_SIZES, model_spec
 
 AttnImpl = Literal["sdpa", "plain", "recompute"]
 ATTN_IMPLS: tuple[str, ...] = ("sdpa", "plain", "recompute")
@@ -253,6 +256,7 @@ class VisionTransformer(nn.Module):
         attn_impl: AttnImpl = "sdpa",
         norm_eps: float = LN_EPS,
         cos_attn: bool = False,
+        use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         check_attn_impl(attn_impl)
@@ -277,6 +281,7 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.kv_prompts: nn.Module | None = None  # APT hook: block index -> (k, v) or None
         self.seq_prompts: nn.Module | None = None  # VPT hook: insert/drop tokens
+        self.grad_checkpointing = use_checkpoint  # the reference's name; timm's attribute
         self.apply(init_weights)
         self.reset_head(num_classes)
 
@@ -290,6 +295,11 @@ class VisionTransformer(nn.Module):
         check_attn_impl(impl)
         for blk in self.blocks:
             blk.attn.attn_impl = impl
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only each block's input for backward and recompute the rest there (timm's
+        name): activation memory for up to one more forward of each block per step."""
+        self.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
         """V2's cosine-attention logit scales (its optimiser skips them by the name "scale")."""
@@ -345,12 +355,24 @@ class VisionTransformer(nn.Module):
         return self.fc_norm(x.mean(dim=1))
 
     def _run_blocks(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Blocks ``start..end-1``, checkpointed but for the last: backward would recompute
+        that one first, while every kept input is still alive, so it would lower no peak."""
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for i in range(start, end):
-            if self.seq_prompts is not None:
-                x = self.seq_prompts.insert(x, i)  # (B, P + N, D)
-            extra = self.kv_prompts(i) if self.kv_prompts is not None else None
-            x = self.blocks[i](x, extra)
+            if ckpt and i < end - 1:
+                # non-reentrant: restores the RNG (same dropout masks) and autocast state
+                x = checkpoint(self._block_step, x, i, use_reentrant=False)
+            else:
+                x = self._block_step(x, i)
         return x
+
+    def _block_step(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Block ``i`` with its method hooks: the unit that checkpointing recomputes, so
+        VPT's inserted tokens and APT's prompts (and their dropout) are recomputed too."""
+        if self.seq_prompts is not None:
+            x = self.seq_prompts.insert(x, i)  # (B, P + N, D)
+        extra = self.kv_prompts(i) if self.kv_prompts is not None else None
+        return self.blocks[i](x, extra)
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_dropout(feats))
@@ -359,34 +381,7 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# -- named sizes --------------------------------------------------------------------------
-#: name -> (embed_dim, depth, num_heads); the patch size is in the name, MLP ratio 4 unless
-#: MLP_RATIOS says otherwise (VideoMAE V2's giant: hidden 6144 = 1408 * 48 / 11).
-MODEL_SIZES: dict[str, tuple[int, int, int]] = {
-    "vit_nano_patch16_224": (64, 2, 2),
-    "vit_micro_patch16_224": (128, 4, 4),
-    "vit_tiny_patch16_224": (192, 12, 3),
-    "vit_small_patch16_224": (384, 12, 6),
-    "vit_base_patch16_224": (768, 12, 12),
-    "vit_large_patch16_224": (1024, 24, 16),
-    "vit_huge_patch16_224": (1280, 32, 16),
-    "vit_giant_patch14_224": (1408, 40, 16),
-}
-MLP_RATIOS: dict[str, float] = {"vit_giant_patch14_224": 48 / 11}
-
-
-def model_spec(name: str) -> dict[str, Any]:
-    """Constructor keywords of a named size; ``vit_base`` is short for ``vit_base_patch16_224``."""
-    short = [k for k in MODEL_SIZES if k.startswith(name + "_patch")]
-    key = name if name in MODEL_SIZES else (short or [""])[0]
-    if key not in MODEL_SIZES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_SIZES)}")
-    dim, depth, heads = MODEL_SIZES[key]
-    patch = int(re.search(r"_patch(\d+)", key).group(1))  # type: ignore[union-attr]
-    mlp_ratio = MLP_RATIOS.get(key, 4.0)
-    return dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch, mlp_ratio=mlp_ratio)
-
-
+# -- named sizes: the table is models/sizes.py ---------------------------------------
 def create_vit(
     name: str,
     num_classes: int = 400,
@@ -406,19 +401,11 @@ def create_vit(
     (embed_dim, depth, num_heads, mlp_ratio, patch_size, cos_attn, norm_eps ...)."""
     kw = {**model_spec(name), **overrides}
     return VisionTransformer(
-        img_size=img_size,
-        num_classes=num_classes,
-        num_frames=num_frames,
-        tubelet_size=tubelet_size,
-        drop_path_rate=drop_path,
-        drop_rate=drop,
-        attn_drop_rate=attn_drop_rate,
-        fc_drop_rate=fc_drop_rate,
-        init_scale=init_scale,
-        init_values=init_values,
-        attn_impl=attn_impl,
-        **kw,
-    )
+        img_size=img_size, num_classes=num_classes, num_frames=num_frames,
+        tubelet_size=tubelet_size, drop_path_rate=drop_path, drop_rate=drop,
+        attn_drop_rate=attn_drop_rate, fc_drop_rate=fc_drop_rate, init_scale=init_scale,
+        init_values=init_values, attn_impl=attn_impl, **kw,
+    )  # fmt: skip
 
 
 def _named(name: str) -> Callable[..., VisionTransformer]:
@@ -441,4 +428,12 @@ vit_large_patch16_224 = _named("vit_large_patch16_224")
 vit_huge_patch16_224 = _named("vit_huge_patch16_224")
 vit_giant_patch14_224 = _named("vit_giant_patch14_224")  # VideoMAE V2
 
-__all__ = ["Attention", "Block", "VisionTransformer", "MODEL_SIZES", "create_vit", "model_spec"]
+__all__ = [
+    "Attention",
+    "Block",
+    "VisionTransformer",
+    "MLP_RATIOS",
+    "MODEL_SIZES",
+    "create_vit",
+    "model_spec",
+]
