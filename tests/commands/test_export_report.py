@@ -26,7 +26,7 @@ from engine_support import TINY  # noqa: E402
 import aptune  # noqa: E402
 from aptune.cli import main  # noqa: E402
 from aptune.commands.export import TOLERANCE, export_run  # noqa: E402
-from aptune.engine.report_html import write_report  # noqa: E402
+from aptune.engine.html_report import write_report  # noqa: E402
 
 
 @pytest.fixture(scope="module")

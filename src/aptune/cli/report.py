@@ -1,4 +1,4 @@
-"""``aptune report RUN``: its flags, then :func:`aptune.commands.report.report`."""
+"""``aptune report RUN``: its flags, then :func:`aptune.engine.html_report.write_report`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from aptune.commands.report import report
+    from aptune.engine.html_report import write_report
 
-    path = report(Path(args.run))
+    path = write_report(Path(args.run))
     print(f"{path}: self-contained HTML (open it in any browser; nothing is fetched)")
     return 0

@@ -2,10 +2,10 @@
 
 ``loop`` runs one epoch or one evaluation pass, ``builders`` turns flags into data loaders,
 model and optimiser, ``run`` drives whole train / eval jobs with resume; ``checkpoint`` and
-``weights`` write and read run state, ``optim``, ``mixup``, ``metrics``, ``reports``,
+``weights`` write and read run state, ``optim``, ``mixup``, ``metrics``, ``run_outputs``,
 ``precision`` (the arithmetic chosen for the card) and ``distributed`` are the parts the
 loop uses. ``trained`` turns a finished run folder back
-into a model (``aptune.load_run``) and ``report_html`` writes its ``report.html``. Imports
+into a model (``aptune.load_run``) and ``html_report`` writes its ``report.html``. Imports
 point down only: the engine uses build/config/tuning/models/data and never a command or
 the CLI.
 """

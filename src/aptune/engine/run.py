@@ -45,6 +45,7 @@ from aptune.engine.distributed import (
     unwrap,
     wait_for_main,
 )
+from aptune.engine.html_report import write_report
 from aptune.engine.loop import (
     EpochStats,
     Precision,
@@ -53,8 +54,7 @@ from aptune.engine.loop import (
 )
 from aptune.engine.metrics import EvalResult, evaluate_probs, merge_views, write_predictions
 from aptune.engine.preempt import StopSignals, exit_code
-from aptune.engine.report_html import write_report
-from aptune.engine.reports import RunLogger, write_final_reports
+from aptune.engine.run_outputs import RunLogger, write_final_reports
 from aptune.engine.speed import prepare_model_for_speed
 from aptune.models.vit import VisionTransformer
 from aptune.recipes import inert_flag_notes, recipe_summary

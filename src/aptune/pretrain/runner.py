@@ -42,7 +42,7 @@ from aptune.engine.distributed import (
 )
 from aptune.engine.loop import Precision, TrainStep, resolve_precision, train_one_epoch
 from aptune.engine.optim import build_optimizer, cosine_schedule, scaled_lr
-from aptune.engine.reports import RunLogger
+from aptune.engine.run_outputs import RunLogger
 from aptune.pretrain.config import PretrainConfig
 from aptune.pretrain.data import UnlabelledClips, find_videos
 from aptune.pretrain.masking import MASKS

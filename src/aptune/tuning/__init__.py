@@ -23,7 +23,7 @@ from aptune.tuning.base import (
 from aptune.tuning.bitfit import BitFitConfig
 from aptune.tuning.full import End2EndConfig, LinearConfig, RandomInitConfig
 from aptune.tuning.lora import LoraConfig
-from aptune.tuning.report import ParameterReport, parameter_report
+from aptune.tuning.parameter_report import ParameterReport, parameter_report
 from aptune.tuning.vpt import VptConfig, VptDeepConfig
 
 METHODS: dict[str, type[MethodConfig]] = {

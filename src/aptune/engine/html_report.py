@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from aptune.config import ConfigError
-from aptune.engine.reports import plot_confusion, plot_curves
+from aptune.engine.run_outputs import plot_confusion, plot_curves
 
 #: config keys shown first (the rest are in a folded table)
 MAIN_KEYS = (
