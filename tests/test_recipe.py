@@ -225,3 +225,10 @@ def test_cutmix_minmax_draws_the_box_within_its_range_and_switches_cutmix_on():
         rows, cols = pasted.any(1).sum().item(), pasted.any(0).sum().item()
         assert 8 <= rows < 16 and 8 <= cols < 16 and pasted.sum().item() == rows * cols
         assert target[0, 1].item() == pytest.approx(rows * cols / 1024)
+
+
+def test_use_checkpoint_flag_reaches_the_model():
+    tiny = ["--model", "vit_nano", "--num_frames", "4", "--input_size", "32"]
+    info = DistInfo(device=torch.device("cpu"))
+    assert T.build_run_model(parse_train_args([*tiny, "--use_checkpoint"]), info).grad_checkpointing
+    assert not T.build_run_model(parse_train_args(tiny), info).grad_checkpointing

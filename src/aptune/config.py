@@ -69,7 +69,8 @@ class ModelOptions:
                         "hf://ORG/NAME), aptune .safetensors or run folder")
     model_key: str = option("model|module", "keys to look under, first wins")
     model_prefix: str = option("", "key prefix of the --finetune weights, stripped on loading")
-    use_checkpoint: bool = option(False, "activation checkpointing")
+    use_checkpoint: bool = option(False, "recompute each block's activations in backward "
+                                  "instead of keeping them (less memory, ~1.2x the step time)")
     use_mean_pooling: bool = option(True, "mean pooling head (always on, as in VideoMAE)")
     attn_impl: str = option("auto", "attention kernel: auto picks one for the device and dtype; "
                          "sdpa = fused scaled_dot_product_attention; plain = matmul + softmax, "

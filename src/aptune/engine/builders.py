@@ -269,6 +269,7 @@ def build_run_model(cfg: RunConfig, info: DistInfo) -> VisionTransformer:
         checkpoint=cfg.model.finetune or None,
         model_key=cfg.model.model_key,
         model_prefix=cfg.model.model_prefix,
+        use_checkpoint=cfg.model.use_checkpoint,
         # auto is decided by engine.speed once the run's device and dtype are known
         attn_impl="sdpa" if cfg.model.attn_impl == "auto" else cfg.model.attn_impl,
         cos_attn=cfg.model.cos_attn or None,  # None: on when the checkpoint has V2's attn.scale
