@@ -123,6 +123,30 @@ def test_rule_catches_an_upward_import(tmp_path):
     assert "engine" not in ALLOWED["models"]
 
 
+#: modules below ``aptune.cli`` allowed to import argparse, and why
+ARGPARSE_BELOW_CLI = {
+    "models/checkpoint_io.py": "the reference's checkpoints pickle an argparse.Namespace: "
+    "the safe loader allowlists the type, it parses nothing",
+}
+
+
+def test_argparse_lives_in_the_cli_only():
+    """Command lines are parsed in ``aptune.cli``; everything below takes typed options."""
+    offenders = []
+    for path in all_modules():
+        rel = str(path.relative_to(PACKAGE))
+        if rel.startswith("cli/") or rel in ARGPARSE_BELOW_CLI:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            imported = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                imported = [node.module or ""]
+            if "argparse" in imported:
+                offenders.append(f"{rel}:{node.lineno}")
+    assert offenders == [], f"argparse below aptune.cli: {offenders}"
+
+
 def test_walker_skips_main_blocks_only(tmp_path):
     """An import in ``if __name__ == "__main__":`` is not a dependency; in any other ``if``
     it is."""

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from aptune.commands.profile import add_profile_parser, flops_sweep, main, profile_methods
+from aptune.cli.profile import add_profile_parser, main
+from aptune.commands.profile import flops_sweep, profile_methods
 
 D, DEPTH, C, N, P = 64, 2, 4, 8, 2  # tiny ViT: 4 frames x 32 px -> 8 tokens; 2 prompts
 TINY = dict(model_name="vit_nano", num_frames=4, input_size=32, batch_size=2, num_classes=C)
@@ -64,7 +65,7 @@ def test_checkpointed_rows_keep_less_and_count_the_recomputation():
         assert ckpt["act_peak_vs_plain"] == ckpt["act_peak_mb"] / plain["act_peak_mb"]
         assert ckpt["train_gflops"] > plain["train_gflops"]  # block 0 runs forward twice
         assert ckpt["fwd_gflops"] == plain["fwd_gflops"] and "act_kept_vs_plain" not in plain
-    from aptune.commands.profile_report import markdown
+    from aptune.commands.profile_output import markdown
 
     md = markdown({"model": "vit_nano", "num_frames": 4, "input_size": 32, "batch_size": 2,
                    "nb_classes": C}, rows, [])  # fmt: skip

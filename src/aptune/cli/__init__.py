@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     from aptune.cli.predict import add_predict_parser
     from aptune.cli.prepare import add_prepare_parser
     from aptune.cli.pretrain import add_pretrain_parser
+    from aptune.cli.profile import add_profile_parser
     from aptune.cli.report import add_report_parser
-    from aptune.commands.profile import add_profile_parser
 
     for add in (add_predict_parser, add_extract_parser, add_export_parser, add_report_parser,
                 add_info_parser, add_prepare_parser, add_profile_parser, add_pretrain_parser,

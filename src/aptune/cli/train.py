@@ -47,11 +47,18 @@ def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
     group.add_argument(*names, **kwargs)
 
 
-def add_method_flags(parser: argparse.ArgumentParser, title: str = "method options") -> None:
-    """``--<prefix><field>`` for every tuning method option (unset: the method's default)."""
+def add_method_flags(
+    parser: argparse.ArgumentParser, title: str = "method options", reference: bool = True
+) -> None:
+    """``--<prefix><field>`` for every tuning method option (unset: the method's default).
+
+    The help shows the value an unset flag ends up with: the reference's where ``aptune
+    train`` applies it (``reference``), else the method's own (``aptune profile``).
+    """
     group = parser.add_argument_group(f"{title} (unset: the method's default)")
+    shown = REFERENCE_METHOD_DEFAULTS if reference else {}
     for flag in method_flags().values():
-        default = REFERENCE_METHOD_DEFAULTS.get(flag.name, flag.default)
+        default = shown.get(flag.name, flag.default)
         help_text = f"for --transfer_type {'/'.join(flag.methods)}{_default_text(default)}"
         if flag.type is bool:
             group.add_argument(f"--{flag.name}", action=argparse.BooleanOptionalAction,

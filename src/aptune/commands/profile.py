@@ -22,12 +22,10 @@ activations and step time also as a ratio to the row without.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import multiprocessing
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -217,117 +215,62 @@ def _relate_checkpointed(rows: list[dict]) -> None:
         r["train_vs_plain"] = r["train_s_per_clip"] / ref["train_s_per_clip"]
 
 
-# -- CLI --------------------------------------------------------------------------------
-def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from aptune.tuning.flags import add_method_flags
+# -- the whole profile -------------------------------------------------------------------
+@dataclasses.dataclass
+class ProfileOptions:
+    """What ``aptune profile`` measures (its flags, typed); ``command`` goes in the report."""
 
-    p.add_argument("--model", default="vit_base_patch16_224")
-    p.add_argument(
-        "--methods",
-        default=DEFAULT_METHODS,
-        help="comma-separated transfer types; combine with '+', e.g. prompt+lora",
-    )
-    p.add_argument("--num_frames", type=int, default=16)
-    p.add_argument("--input_size", type=int, default=224)
-    p.add_argument("--batch_size", type=int, default=1)
-    p.add_argument("--nb_classes", type=int, default=174)
-    p.add_argument("--repeats", type=int, default=3, help="timed iterations after a warm-up")
-    p.add_argument("--bf16", action="store_true", help="CPU bf16 autocast (weights stay fp32)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument(
-        "--use_checkpoint",
-        action="store_true",
-        help="also measure each method with gradient checkpointing (a second row each)",
-    )
-    p.add_argument(
-        "--token_sweep",
-        default=DEFAULT_SWEEP,
-        help="prompt counts for the APT vs VPT-deep FLOP sweep ('' to skip)",
-    )
-    p.add_argument(
-        "--meta",
-        action="store_true",
-        help="parameters and counted FLOPs only, on meta tensors: no memory, no timing "
-        "(sizes e.g. vit_giant_patch14_224 on any machine)",
-    )
-    p.add_argument("--out", default="profile", help="directory for profile.{md,json,png}")
-    add_method_flags(p)
-    p.set_defaults(func=run_profile)
-    return p  # fmt: skip
+    model: str = "vit_base_patch16_224"
+    methods: list[str] = dataclasses.field(default_factory=lambda: DEFAULT_METHODS.split(","))
+    num_frames: int = 16
+    input_size: int = 224
+    batch_size: int = 1
+    nb_classes: int = 174
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    repeats: int = 3
+    bf16: bool = False
+    threads: int | None = None
+    use_checkpoint: bool = False
+    token_sweep: list[int] = dataclasses.field(default_factory=list)
+    meta: bool = False
+    out: Path = Path("profile")
+    command: str = ""
 
 
-def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``aptune profile`` on the main CLI's subparsers."""
-    p = subparsers.add_parser(
-        "profile",
-        help="parameters, FLOPs, latency, memory and checkpoint size per tuning method",
-        description=__doc__.split("\n\n")[0],
-    )
-    return _configure(p)
+def profile(opts: ProfileOptions) -> dict[str, Path]:
+    """Measure every method, write ``profile.{md,json,png}`` into ``opts.out``; -> paths."""
+    from aptune.commands.profile_output import write_outputs
+    from aptune.tuning import parse_transfer_type
 
-
-def _command_line(args: argparse.Namespace) -> str:
-    """The command as typed (`python -m aptune.commands.profile` or `aptune profile`)."""
-    if getattr(args, "command_line", None):
-        return args.command_line
-    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-
-
-def run_profile(args: argparse.Namespace) -> int:
-    from aptune.commands.profile_report import write_outputs
-    from aptune.tuning import METHODS, TuningConfigError, parse_transfer_type
-
-    fields = [(cfg, f) for cfg in METHODS.values() for f in dataclasses.fields(cfg)]
-    flags = {cfg.flag_prefix() + f.name for cfg, f in fields}
-    options = {k: v for k, v in vars(args).items() if k in flags and v is not None}
+    options = {k: v for k, v in opts.method_options.items() if v is not None}
     if "vpt_num_tokens" not in options:  # like-for-like with APT unless asked otherwise
         options["vpt_num_tokens"] = options.get("prompt_num_tokens", 2)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    try:
-        sweep_tokens = [int(t) for t in args.token_sweep.split(",") if t.strip()]
-    except ValueError:
-        print(f"error: --token_sweep {args.token_sweep!r}: expected integers like 2,50,400")
-        return 2
     settings = dict(
-        model=args.model, num_frames=args.num_frames, input_size=args.input_size,
-        batch_size=args.batch_size, nb_classes=args.nb_classes, repeats=args.repeats,
-        bf16=args.bf16, use_checkpoint=args.use_checkpoint, options=options,
-        command=_command_line(args),
+        model=opts.model, num_frames=opts.num_frames, input_size=opts.input_size,
+        batch_size=opts.batch_size, nb_classes=opts.nb_classes, repeats=opts.repeats,
+        bf16=opts.bf16, use_checkpoint=opts.use_checkpoint, options=options,
+        command=opts.command,
         torch=torch.__version__, cpu=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M"),
+        cpu_count=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M"), meta=bool(opts.meta),
     )  # fmt: skip
-    settings["meta"] = bool(args.meta)
-    try:
-        if args.meta:
-            for method in methods:  # fail on a bad name or option before any work
-                parse_transfer_type(method, options)
-            rows = size_methods(args.model, methods, args.num_frames, args.input_size,
-                                args.nb_classes, options)  # fmt: skip
-        else:
-            rows = profile_methods(
-                args.model, methods, args.num_frames, args.input_size, args.batch_size,
-                args.nb_classes, options, args.repeats, args.bf16, threads=args.threads,
-                use_checkpoint=args.use_checkpoint,
-            )  # fmt: skip
-    except TuningConfigError as exc:
-        print(f"error: {exc}")
-        return 2
-    sweep = flops_sweep(args.model, sweep_tokens, args.num_frames, args.input_size,
-                        args.nb_classes) if sweep_tokens else []  # fmt: skip
+    if opts.meta:
+        for method in opts.methods:  # fail on a bad name or option before any work
+            parse_transfer_type(method, options)
+        rows = size_methods(opts.model, opts.methods, opts.num_frames, opts.input_size,
+                            opts.nb_classes, options)  # fmt: skip
+    else:
+        rows = profile_methods(
+            opts.model, opts.methods, opts.num_frames, opts.input_size, opts.batch_size,
+            opts.nb_classes, options, opts.repeats, opts.bf16, threads=opts.threads,
+            use_checkpoint=opts.use_checkpoint,
+        )  # fmt: skip
+    sweep = flops_sweep(opts.model, opts.token_sweep, opts.num_frames, opts.input_size,
+                        opts.nb_classes) if opts.token_sweep else []  # fmt: skip
     settings["threads"] = rows[0].get("threads") if rows else None
-    paths = write_outputs(Path(args.out), settings, rows, sweep)
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return write_outputs(Path(opts.out), settings, rows, sweep)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _configure(argparse.ArgumentParser(prog="python -m aptune.commands.profile"))
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    args.command_line = shlex.join(["python", "-m", "aptune.commands.profile", *argv])
-    return args.func(args)
+if __name__ == "__main__":  # python -m aptune.commands.profile: the same as aptune profile
+    from aptune.cli.profile import main
 
-
-if __name__ == "__main__":
     sys.exit(main())
