@@ -151,7 +151,6 @@ def build_model(
             head = f"; head initialised for {num_classes} classes"
         log.info("loaded %s (%s)%s", checkpoint, load_report.format, head)
     mark_trainable(net, configs)
-    net.tuning_configs = configs  # type: ignore[attr-defined]
     net.train()
     if verbose:
         print(parameter_report(net))

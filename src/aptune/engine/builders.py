@@ -279,7 +279,7 @@ def build_run_model(cfg: RunConfig, info: DistInfo) -> VisionTransformer:
 
 
 def trains_backbone(model: VisionTransformer) -> bool:
-    return any(c.trains_backbone for c in getattr(model, "tuning_configs", []))
+    return any(c.trains_backbone for c in model.tuning_configs)
 
 
 def saves_full_weights(model: VisionTransformer, cfg: RunConfig) -> bool:

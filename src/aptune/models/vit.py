@@ -281,6 +281,9 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.kv_prompts: nn.Module | None = None  # APT hook: block index -> (k, v) or None
         self.seq_prompts: nn.Module | None = None  # VPT hook: insert/drop tokens
+        self.tuning_configs: list[Any] = []  # the attached methods' configs (tuning/)
+        self.class_names: list[str] | None = None  # a trained run's classes (load_run)
+        self.run_config: dict[str, Any] | None = None  # a trained run's options (load_run)
         self.grad_checkpointing = use_checkpoint  # the reference's name; timm's attribute
         self.apply(init_weights)
         self.reset_head(num_classes)

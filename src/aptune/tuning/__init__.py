@@ -88,8 +88,10 @@ def parse_transfer_type(transfer_type: str, options: dict[str, Any]) -> list[Met
 
 
 def attach_methods(model: VisionTransformer, configs: list[MethodConfig]) -> None:
+    """Add each method's tensors to ``model``, which records the configs it carries."""
     for cfg in configs:
         cfg.attach(model)
+    model.tuning_configs = list(configs)
 
 
 def is_trainable_name(model: nn.Module, name: str, configs: list[MethodConfig]) -> bool:
