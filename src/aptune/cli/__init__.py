@@ -69,14 +69,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
             NonFiniteLossError, ExportError, DistTimeoutError, IntegrityError)  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, train_prog: str = "aptune train") -> int:
+    """The ``aptune`` command; ``train_prog`` names ``train`` in its help and errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
     try:
         if argv and argv[0] == "train":
             from aptune.cli.train import cmd_train
 
-            return cmd_train(argv[1:])
+            return cmd_train(argv[1:], train_prog)
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):
             build_parser().print_help()
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 def reference_main(argv: list[str] | None = None) -> int:
     """``run_class_apt.py``: the reference's entry point (train, or test with --eval)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return main(["train", *argv])
+    return main(["train", *argv], train_prog="run_class_apt.py")
 
 
 if __name__ == "__main__":

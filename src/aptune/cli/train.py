@@ -104,10 +104,10 @@ def parse_train_args(argv: list[str] | None, prog: str = "aptune train") -> RunC
     return config_from_namespace(build_train_parser(prog).parse_args(argv))
 
 
-def cmd_train(argv: list[str]) -> int:
+def cmd_train(argv: list[str], prog: str = "aptune train") -> int:
     from aptune.engine import evaluate_config, train
 
-    cfg = parse_train_args(argv)
+    cfg = parse_train_args(argv, prog)
     if cfg.job.eval:  # the reference's --eval: test the model of --finetune / --resume
         import json
 
