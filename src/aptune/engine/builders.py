@@ -96,8 +96,8 @@ def seed_everything(seed: int) -> None:
 def seed_host_rngs(seed: int) -> None:
     """Python, numpy and torch's CPU generator: what a data item draws from. Per item,
     ``torch.manual_seed`` would also queue a seed for every accelerator backend, and on a
-    CUDA build without an initialised device each queued call records a stack trace
-    (about 3 ms: 30% of a small model's epoch, measured with cProfile)."""
+    CUDA build without an initialised device each queued call records a stack trace, a
+    cost per item that rivals a small model's step."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.default_generator.manual_seed(seed)

@@ -9,8 +9,8 @@ the whole job (static rendezvous: ``if not self._store``; c10d: the shared store
 tells the workers to use it (``TORCHELASTIC_USE_AGENT_STORE``) without a per-attempt key
 prefix. Gloo's full-mesh connect reads each peer's address from that store, so after a
 restart a rank can read the *dead* peer's address of the previous attempt and retry it
-until the 30-minute default timeout (measured: 6 of 8 restarts failed with "Connection
-refused" to the old port). Here rank 0 hosts a fresh store on a free port for every
+until the 30-minute default timeout ("Connection refused" to the old port; figures in
+docs/reliability.md). Here rank 0 hosts a fresh store on a free port for every
 attempt and publishes its address in the agent store; a rank that reads a stale address
 finds nothing listening there and re-reads it. Every wait is bounded by
 ``--dist_timeout`` and ends in one line naming the rank and what it waited for.
