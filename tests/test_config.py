@@ -86,6 +86,11 @@ def test_python_users_build_a_config_without_a_command_line(tmp_path):
         RunConfig.from_values({"learning_rate": 1})
     with pytest.raises(ValueError, match="lora_rank must be int"):
         RunConfig.from_values({"lora_rank": "four"})
+    with pytest.raises(ConfigError, match="--lr must be float, got 'abc'"):
+        RunConfig.from_values({"lr": "abc"})
+    with pytest.raises(ConfigError, match="--batch_size must be int, got 2.5"):
+        RunConfig.from_values({"batch_size": 2.5})
+    assert RunConfig.from_values({"eval_data_path": None, "lr": 1}).optim.lr == 1.0
 
 
 def test_yaml_round_trip_is_exact_and_sectioned_files_load(tmp_path):

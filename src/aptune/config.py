@@ -277,7 +277,7 @@ class RunConfig:
             if section == "methods":
                 self.methods[key] = coerce_option(flags[key], value, where)
             else:
-                setattr(getattr(self, section), key, _as_field_type(section, key, value))
+                setattr(getattr(self, section), key, _as_field_type(section, key, value, where))
 
     def replace(self, **values: Any) -> RunConfig:
         """A validated copy with some options changed by flag name."""
@@ -388,12 +388,25 @@ def _flatten(values: dict[str, Any], where: str) -> dict[str, Any]:
     return flat
 
 
-def _as_field_type(section: str, name: str, value: Any) -> Any:
-    """YAML's ints where floats are meant become floats; tuples become lists."""
-    kind = {f.name: f.type for f in dataclasses.fields(SECTIONS[section])}[name]
-    if isinstance(value, int) and not isinstance(value, bool) and str(kind).startswith("float"):
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list[float]": list}
+
+
+def _as_field_type(section: str, name: str, value: Any, where: str = "config") -> Any:
+    """``value`` as option ``name``'s declared type (YAML's ints where floats are meant
+    become floats, tuples lists); a value of another type is a one-line error."""
+    kind = str({f.name: f.type for f in dataclasses.fields(SECTIONS[section])}[name])
+    base, optional = kind.removesuffix(" | None"), kind.endswith(" | None")
+    if value is None and optional:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and base == "float":
         return float(value)
-    return list(value) if isinstance(value, tuple) else value
+    value = list(value) if isinstance(value, tuple) else value
+    want = _TYPES.get(base)
+    wrong = want is not None and (not isinstance(value, want) or (
+        want is int and isinstance(value, bool)))  # fmt: skip
+    if wrong:
+        raise ConfigError(f"{where}: --{name} must be {base}, got {value!r}")
+    return value
 
 
 def _require(condition: bool, message: str) -> None:
