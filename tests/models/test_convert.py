@@ -112,13 +112,17 @@ def test_backbone_into_prompted_model_keeps_prompt_init(ckpt, videomae_finetune_
 def test_method_keys_are_backbone_keys_unless_prefixes_are_given(
     ckpt, videomae_finetune_file
 ) -> None:
-    """models/ does not know the methods: a caller that does not name their prefixes is
-    told how, instead of prompts silently keeping their init."""
-    from aptune.tuning.apt import apply_apt
+    """models/ does not know the methods: it asks the model which it carries
+    (``tuning_configs``); a method attached by hand and not recorded makes the caller name
+    the prefixes, instead of prompts silently keeping their init."""
+    from aptune.tuning.apt import AptConfig, apply_apt
 
     model = apply_apt(ckpt.tiny_model(), num_tokens=2, start=0, end=1, reparam=True)
+    assert load_pretrained(model, videomae_finetune_file[0]).format == "videomae-finetune"
+    unrecorded = ckpt.tiny_model()
+    AptConfig(num_tokens=2, start=0, end=1, reparam=True).attach(unrecorded)
     with pytest.raises(CheckpointError, match=r"3 missing \(kv_prompts.*registered_prefixes"):
-        load_pretrained(model, videomae_finetune_file[0])
+        load_pretrained(unrecorded, videomae_finetune_file[0])
 
 
 # -- reference APT ---------------------------------------------------------------------------

@@ -323,6 +323,12 @@ def _hints(
     return ("; " + "; ".join(hints)) if hints else ""
 
 
+def attached_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The parameter prefixes of the tuning methods attached to ``model``."""
+    configs = getattr(model, "tuning_configs", ())
+    return tuple(p for cfg in configs for p in getattr(cfg, "param_prefixes", ()))
+
+
 def load_pretrained(
     model: nn.Module,
     path: str | Path,
@@ -331,8 +337,9 @@ def load_pretrained(
 ) -> LoadReport:
     """Read, convert, verify and copy a checkpoint into ``model``; see docs/checkpoints.md.
 
-    Pass ``method_prefixes=aptune.tuning.registered_prefixes()`` when ``model`` has tuning
-    methods attached: their parameters, absent from a backbone file, then keep their init.
+    ``method_prefixes`` name the tuning methods' parameters, which a backbone file lacks
+    and which then keep their init; by default, those of the methods attached to ``model``
+    (``model.tuning_configs``). ``aptune.build_model`` passes every registered method's.
     """
     raw, info = read_checkpoint(path, model_key)
     return load_state(model, raw, info, method_prefixes)
@@ -347,6 +354,7 @@ def load_state(
     """``load_pretrained`` for a state dict already read by ``read_checkpoint`` (so a caller
     that looked at the keys first - e.g. for cos_attn - does not read a big file twice)."""
     where = info["file"]
+    method_prefixes = method_prefixes or attached_prefixes(model)
     sd, fmt, dropped = _convert(raw, where, method_prefixes)
     if fmt == "videomae-finetune" and info.get("metadata", {}).get("format") == "aptune":
         fmt = "aptune"

@@ -125,8 +125,8 @@ def apply_apt(
     dropout: float = 0.0,
     reparam: bool = False,
 ) -> VisionTransformer:
-    """Attach APT prompts to ``model`` (in place) and return it."""
-    AptConfig(num_tokens=num_tokens, start=start, end=end, dropout=dropout, reparam=reparam).attach(
-        model
-    )
+    """Attach APT prompts to ``model`` (in place, recorded in ``model.tuning_configs``)."""
+    cfg = AptConfig(num_tokens=num_tokens, start=start, end=end, dropout=dropout, reparam=reparam)
+    cfg.attach(model)
+    model.tuning_configs = [*model.tuning_configs, cfg]
     return model
