@@ -1,9 +1,12 @@
-"""aptune pretrain: tube masks, pixel targets, learning, the saved layout, the bundled backbone."""
+"""aptune pretrain: tube masks, pixel targets, learning, the saved layout, resume after a
+stop signal, the bundled backbone."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,8 @@ from aptune.config import ConfigError
 from aptune.data.errors import DataError
 from aptune.data.synthetic import make_clip, write_video
 from aptune.data.transforms import normalize
+from aptune.engine.checkpoint import check_complete
+from aptune.engine.distributed import StopVote
 from aptune.models.convert import load_pretrained
 from aptune.pretrain import demo_backbone_config, demo_backbone_path
 from aptune.pretrain.config import PretrainConfig
@@ -219,6 +224,53 @@ def test_pretrain_command_output_loads_for_finetuning_and_resumes(tmp_path):
     assert main(_pretrain_cmd(tmp_path / "videos", out, 3)) == 0
     log = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_pretrain_stopped_by_sigterm_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """SIGTERM seen after step 2 of epoch 1 (3 steps per epoch) writes a verified mid-epoch
+    checkpoint and exits 143; rerunning ends with the uninterrupted run's weights and
+    losses (masks, data order and RNG continue where they stopped)."""
+    _videos(tmp_path / "videos", n=6)
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    # at 0.5 the 2x2 tube grid has 6 masks: a restarted mask stream shows in the weights
+    cmd = [*_pretrain_cmd(tmp_path / "videos", out, 3), "--mask_ratio", "0.5"]
+    assert main([*cmd[:4], str(whole), *cmd[5:]]) == 0
+    real, calls = StopVote.poll, []
+
+    def sigterm_at_5th_check(vote, value, what, final=False):
+        calls.append(what)
+        if len(calls) == 5:  # 3 steps, the end-of-epoch check, 1 step of epoch 1 ...
+            os.kill(os.getpid(), signal.SIGTERM)  # ... so step 2 is the one that sees it
+        return real(vote, value, what, final)
+
+    monkeypatch.setattr(StopVote, "poll", sigterm_at_5th_check)
+    with pytest.raises(SystemExit) as stopped:
+        main(cmd)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    names = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert names == ["checkpoint-0000", "checkpoint-0001-step000002"]
+    for name in names:  # every file of a checkpoint is listed with its size and sha256
+        marker = json.loads((out / name / "COMPLETE").read_text())
+        files = {p.name for p in (out / name).iterdir() if p.name != "COMPLETE"}
+        assert set(marker["files"]) == files
+        assert all(len(f["sha256"]) == 64 for f in marker["files"].values())
+        check_complete(out / name)
+    assert not (out / "pretrain.safetensors").exists()
+
+    monkeypatch.setattr(StopVote, "poll", real)
+    assert main(cmd) == 0
+    losses = [[json.loads(x)["train_loss"] for x in (d / "log.txt").read_text().splitlines()]
+              for d in (whole, out)]  # fmt: skip
+    assert len(losses[1]) == 3 and losses[0] == losses[1]
+    want, got = _weights(whole / "pretrain.safetensors"), _weights(out / "pretrain.safetensors")
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
 
 
 def test_pretrain_flags_are_registered(capsys):

@@ -10,12 +10,9 @@ complete states, written atomically), ``checkpoint-NNNN-stepSSSSSS/`` (mid-epoch
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,34 +23,29 @@ from aptune.engine import seeds
 from aptune.engine.checkpoint import (
     BEST_NAME,
     ResumeError,
-    capture_rng,
     check_complete,
     find_latest_checkpoint,
     latest_verified,
     load_model_weights,
-    load_training_state,
-    restore_rng,
     save_best,
     save_training_state,
 )
 from aptune.engine.distributed import (
     DistInfo,
-    StopVote,
     all_gather_objects,
     cleanup,
     init_distributed,
     unwrap,
     wait_for_main,
 )
+from aptune.engine.fit import FitOptions, Resumed, epoch_record, fit, resume
 from aptune.engine.html_report import write_report
 from aptune.engine.loop import (
     EpochStats,
     Precision,
     predict_views,
-    train_one_epoch,
 )
 from aptune.engine.metrics import EvalResult, evaluate_probs, merge_views, write_predictions
-from aptune.engine.preempt import StopSignals, exit_code
 from aptune.engine.run_outputs import RunLogger, write_final_reports
 from aptune.engine.speed import prepare_model_for_speed
 from aptune.models.vit import VisionTransformer
@@ -78,39 +70,12 @@ def evaluate_split(
     return evaluate_probs(ids, probs, labels, views, cfg.data.nb_classes)
 
 
-@dataclass
-class Resumed:
-    """Where a run continues: ``epoch`` from optimiser step ``step`` of it (0: its start)."""
-
-    epoch: int
-    extra: dict = field(default_factory=dict)
-    step: int = 0
-    carry: dict | None = None  # EpochStats.carry() of the interrupted epoch
-    rng: dict | None = None  # RNG states right after ``step`` (mid-epoch only)
-    mixup: str | None = None  # the mixup generator's state (JSON)
-
-
 def _resume(cfg, model, ts, out: Path, info: DistInfo) -> Resumed:
+    """--resume, else with --auto_resume the newest checkpoint whose sha256s verify."""
     path, verified = (Path(cfg.job.resume), False) if cfg.job.resume else (None, False)
     if path is None and cfg.job.auto_resume:
         path, verified = latest_verified(out), True
-    if path is None:
-        return Resumed(cfg.job.start_epoch)
-    state = load_training_state(path, model, ts.optimizer, ts.scaler, ts.ema, verified=verified)
-    extra = state.get("extra", {})
-    mid = extra.pop("mid_epoch", None)
-    log.info("resumed from %s (epoch %d done%s)", path, state["epoch"],
-             f", then {mid['step']} steps of epoch {mid['epoch']}" if mid else "")  # fmt: skip
-    if mid is None:
-        return Resumed(state["epoch"] + 1, extra)
-    ranks = mid["ranks"]  # every rank's RNG, mixup and loss sums at the step
-    own = ranks[info.rank] if len(ranks) == info.world_size else None
-    if own is None:  # another world size: the data split differs anyway, reseed per rank
-        log.warning("%s was written by %d process(es), this run has %d: the interrupted "
-                    "epoch continues with fresh per-rank random streams", path, len(ranks),
-                    info.world_size)  # fmt: skip
-        return Resumed(mid["epoch"], extra, mid["step"], None, None, None)
-    return Resumed(mid["epoch"], extra, mid["step"], own["stats"], own["rng"], own["mixup"])
+    return resume(path, verified, model, ts, info, cfg.job.start_epoch)
 
 
 def train(cfg: RunConfig) -> dict:
@@ -127,14 +92,14 @@ def train(cfg: RunConfig) -> dict:
         cleanup(info)
 
 
-class _Saver:
+class Saver:
     """Rank 0 writes training state; every rank then meets it on the CPU group
     (``wait_for_main``: a slow disk is not a dead rank)."""
 
-    def __init__(self, cfg, info: DistInfo, out: Path, model, ts, full: bool) -> None:
+    def __init__(self, info: DistInfo, out: Path, model, ts, config: dict,
+                 trainable_only: bool, keep_last: int = 2) -> None:  # fmt: skip
         self.info, self.out, self.model, self.ts = info, out, model, ts
-        self.kw = dict(config=cfg.to_dict(), trainable_only=not full,
-                       keep_last=cfg.job.keep_ckpts)  # fmt: skip
+        self.kw = dict(config=config, trainable_only=trainable_only, keep_last=keep_last)
         self.last: tuple[int, int | None] | None = None  # (epoch, step) of the last save
         self.folder: Path | None = None
 
@@ -153,22 +118,30 @@ class _Saver:
         save_best(self.out, epoch, self.model, extra=extra, **kw)
 
 
-@contextlib.contextmanager
-def _close_on_exit(logger: RunLogger):
-    """Flush log.txt / TensorBoard when a stop signal or an error ends the epochs."""
-    try:
-        yield
-    except BaseException:
-        logger.close()
-        raise
+class _Saver(Saver):
+    """A fine-tuning run's saver: its flags say what is saved and how many are kept."""
+
+    def __init__(self, cfg, info: DistInfo, out: Path, model, ts, full: bool) -> None:
+        super().__init__(info, out, model, ts, cfg.to_dict(), not full, cfg.job.keep_ckpts)
 
 
-def _stop(signum: int, folder: Path | None, info: DistInfo) -> SystemExit:
-    if info.is_main:
-        saved = f"saved {folder}" if folder else "no checkpoint (--no_save_ckpt)"
-        log.warning("stopped by %s: %s; rerun the same command to resume (exit %d)",
-                    signal.Signals(signum).name, saved, exit_code(signum))  # fmt: skip
-    return SystemExit(exit_code(signum))
+class _Mixup:
+    """Mixup's generator as the driver's per-rank stream (none without mixup)."""
+
+    def __init__(self, ts, seed: int, rank: int) -> None:
+        self.ts, self.seed, self.rank = ts, seed, rank
+
+    def reseed(self, epoch: int) -> None:
+        if self.ts.mixup is not None:
+            self.ts.mixup.rng = np.random.default_rng(seeds.mixup_seed(self.seed, epoch, self.rank))
+
+    def state(self) -> dict:
+        mixup = self.ts.mixup.rng.bit_generator.state if self.ts.mixup is not None else None
+        return {"mixup": json.dumps(mixup)}
+
+    def restore(self, own: dict) -> None:
+        if self.ts.mixup is not None and own.get("mixup"):
+            self.ts.mixup.rng.bit_generator.state = json.loads(own["mixup"])
 
 
 def _log_recipe(cfg: RunConfig, info: DistInfo) -> None:
@@ -227,55 +200,17 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
     logger = RunLogger(out, cfg.job.log_dir, info.is_main, resumed.epoch)
     best = resumed.extra.get("best", {"top1": -1.0, "epoch": -1})
     saver = _Saver(cfg, info, out, model, ts, T.saves_full_weights(model, cfg))
-    every = cfg.job.save_ckpt_steps
     started = time.perf_counter()
-    vote = StopVote(info)
-    with StopSignals() as signals, _close_on_exit(logger):
-        for epoch in range(resumed.epoch, cfg.optim.epochs):
-            T.seed_everything(seeds.epoch_process_seed(cfg.job.seed, info.rank, epoch))
-            mid = epoch == resumed.epoch and resumed.step > 0
-            loaders["train"].set_epoch(epoch, resumed.step * cfg.optim.update_freq if mid else 0)
-            if ts.mixup is not None:
-                mix_seed = seeds.mixup_seed(cfg.job.seed, epoch, info.rank)
-                ts.mixup.rng = np.random.default_rng(mix_seed)
-                if mid and resumed.mixup:
-                    ts.mixup.rng.bit_generator.state = json.loads(resumed.mixup)
-            if mid and resumed.rng is not None:
-                restore_rng(resumed.rng, info.device)  # right after the checkpointed step
+    opts = FitOptions(cfg.optim.epochs, cfg.job.seed, cfg.job.save_ckpt, cfg.job.save_ckpt_freq,
+                      cfg.job.save_ckpt_steps, not cfg.job.no_progress)  # fmt: skip
 
-            def after_step(
-                done: int, stats: EpochStats, epoch: int = epoch, best: dict = best
-            ) -> bool:
-                """Mid-epoch checkpoint when due or when a stop signal reached any rank."""
-                signum = vote.poll(signals.signum, f"the stop vote (epoch {epoch})")
-                due = every > 0 and (epoch * steps + done) % every == 0 and done < steps
-                if not ((signum or due) and cfg.job.save_ckpt):
-                    if signum:
-                        raise _stop(signum, None, info)
-                    return False
-                mixup = ts.mixup.rng.bit_generator.state if ts.mixup is not None else None
-                mine = {"rng": capture_rng(info.device), "mixup": json.dumps(mixup),
-                        "stats": stats.carry()}  # fmt: skip
-                ranks = all_gather_objects(mine, info)  # each rank resumes its own streams
-                extra = {"best": best, "mid_epoch": {"epoch": epoch, "step": done,
-                                                     "ranks": ranks}}  # fmt: skip
-                folder = saver.state(epoch, extra, step=done)
-                if signum:
-                    raise _stop(signum, folder, info)
-                return False
+    def end_epoch(epoch: int, stats: EpochStats, extra: dict) -> dict:
+        best = _end_epoch(cfg, info, epoch, stats, report.trainable, loaders, ddp_model,
+                          precision, extra["best"], saver, logger)  # fmt: skip
+        return {"best": best}
 
-            carry = EpochStats.from_carry(resumed.carry) if mid else None
-            stats = train_one_epoch(ts, loaders["train"], epoch, info, not cfg.job.no_progress,
-                                    on_step=logger.step, start_step=resumed.step if mid else 0,
-                                    carry=carry, after_step=after_step)  # fmt: skip
-            best = _end_epoch(cfg, info, epoch, stats, report.trainable, loaders, ddp_model,
-                              precision, best, saver, logger)  # fmt: skip
-            signum = vote.poll(signals.signum, f"the stop vote (end of epoch {epoch})",
-                               final=True)  # fmt: skip
-            if signum and epoch + 1 < cfg.optim.epochs:
-                if cfg.job.save_ckpt and saver.last != (epoch, None):
-                    saver.state(epoch, {"best": best})
-                raise _stop(signum, saver.folder if cfg.job.save_ckpt else None, info)
+    best = fit(ts, loaders["train"], info, saver, logger, _Mixup(ts, cfg.job.seed, info.rank),
+               end_epoch, opts, resumed, {"best": best})["best"]  # fmt: skip
     result = {"best_val": best, "train_time_s": round(time.perf_counter() - started, 2)}
     test = evaluate_split(ddp_model, loaders["test"], info, precision, cfg, "test")
     if test is not None:
@@ -295,16 +230,9 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
 
 
 def _end_epoch(cfg, info, epoch, stats, trainable, loaders, ddp_model, precision, best,
-               saver: _Saver, logger) -> dict:  # fmt: skip
-    """Skipped-video report, validation, best and epoch checkpoints; returns the best."""
-    skipped = all_gather_objects(stats.skipped, info)
-    record = {"epoch": epoch, **stats.as_dict(), "n_parameters": trainable}
-    record["skipped_videos"] = sum(len(s) for s in skipped)
-    if record["skipped_videos"] and info.is_main:
-        names = sorted({p for s in skipped for p, _ in s})
-        log.warning("epoch %d: skipped %d unreadable training video(s): %s", epoch,
-                    record["skipped_videos"], ", ".join(names[:10]))  # fmt: skip
-        record["skipped_paths"] = names
+               saver: Saver, logger) -> dict:  # fmt: skip
+    """Validation, the best checkpoint and the epoch's log record; returns the best."""
+    record = epoch_record(epoch, stats, info, n_parameters=trainable)
     if "val" in loaders:
         val = evaluate_split(ddp_model, loaders["val"], info, precision, cfg, "val")
         if val is not None:
@@ -315,14 +243,6 @@ def _end_epoch(cfg, info, epoch, stats, trainable, loaders, ddp_model, precision
                     saver.best(epoch, {"best": best})
     if info.is_main:
         logger.epoch(record)
-    steps = saver.ts.steps_per_epoch
-    every = cfg.job.save_ckpt_steps
-    last = epoch + 1 == cfg.optim.epochs
-    due_steps = every > 0 and ((epoch + 1) * steps) % every == 0
-    if cfg.job.save_ckpt and ((epoch + 1) % cfg.job.save_ckpt_freq == 0 or last or due_steps):
-        saver.state(epoch, {"best": best})
-    else:
-        wait_for_main(info, f"the end of epoch {epoch}")  # rank 0 may be writing the best
     return best
 
 

@@ -2,10 +2,11 @@
 
 The same machinery as ``aptune train`` runs it: ``EpochLoader`` (data order a function of
 seed and epoch), the engine's ``train_one_epoch`` (per-step lr/wd schedules, clipping,
-accumulation, DDP, bf16, NaN guard, skipped-video accounting), atomic
-``checkpoint-NNNN/`` folders with auto-resume, and ``log.txt`` via ``RunLogger``. The only
-new piece is :class:`MaskedVideoObjective`, a module whose forward returns the loss, so
-the engine's criterion is the identity.
+accumulation, DDP, bf16, NaN guard, skipped-video accounting) driven by ``engine.fit``
+(auto-resume from verified ``checkpoint-NNNN/`` folders, also mid-epoch; SIGTERM / SIGUSR1
+checkpoint then exit 128+signum), and ``log.txt`` via ``RunLogger``. The only new piece is
+:class:`MaskedVideoObjective`, a module whose forward returns the loss, so the engine's
+criterion is the identity.
 
 Output folder: ``config.yaml``, ``log.txt``, ``checkpoint-NNNN/`` and, at the end,
 ``pretrain.safetensors``: encoder + decoder in VideoMAE's pre-training key layout, which
@@ -27,21 +28,17 @@ from torch import nn
 
 from aptune.engine import builders as T
 from aptune.engine import seeds
-from aptune.engine.checkpoint import (
-    find_latest_checkpoint,
-    load_training_state,
-    save_model_weights,
-    save_training_state,
-)
+from aptune.engine.checkpoint import latest_verified, save_model_weights
 from aptune.engine.distributed import (
     DistInfo,
-    all_gather_objects,
     barrier,
     cleanup,
     init_distributed,
 )
-from aptune.engine.loop import Precision, TrainStep, resolve_precision, train_one_epoch
+from aptune.engine.fit import FitOptions, epoch_record, fit, resume
+from aptune.engine.loop import EpochStats, Precision, TrainStep, resolve_precision
 from aptune.engine.optim import build_optimizer, cosine_schedule, scaled_lr
+from aptune.engine.run import Saver
 from aptune.engine.run_outputs import RunLogger
 from aptune.pretrain.config import PretrainConfig
 from aptune.pretrain.data import UnlabelledClips, find_videos
@@ -89,6 +86,24 @@ class MaskedVideoObjective(nn.Module):
             )  # (B, N, P) fp32
         pred = self.model(clips, mask)  # (B, N_mask, P)
         return masked_mse(pred, target, mask)
+
+
+class _MaskStream:
+    """The objective's mask generator as the driver's per-rank stream: a run resumed
+    mid-epoch draws the masks the uninterrupted one drew."""
+
+    def __init__(self, objective: MaskedVideoObjective) -> None:
+        self.objective = objective
+
+    def reseed(self, epoch: int) -> None:
+        self.objective.set_epoch(epoch)
+
+    def state(self) -> dict:
+        return {"mask": self.objective.generator.get_state()}
+
+    def restore(self, own: dict) -> None:
+        if own.get("mask") is not None:
+            self.objective.generator.set_state(own["mask"])
 
 
 def _save_config(cfg: PretrainConfig, path: Path) -> None:
@@ -171,32 +186,24 @@ def pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> dict:
                  "%d steps/epoch, %s masking ratio %.2f, tokens %s, precision %s",
                  cfg.model, f"{n_enc:,}", f"{n_params:,}", len(videos), source, steps,
                  cfg.mask_type, cfg.mask_ratio, model.grid, ts.precision.name)  # fmt: skip
-    start_epoch = 0
-    ckpt = find_latest_checkpoint(out) if cfg.auto_resume else None
-    if ckpt is not None:
-        state = load_training_state(ckpt, model, ts.optimizer)
-        start_epoch = state["epoch"] + 1
-        log.info("resumed from %s (epoch %d done)", ckpt, state["epoch"])
-    logger = RunLogger(out, cfg.log_dir, info.is_main, start_epoch)
+    resumed = resume(latest_verified(out) if cfg.auto_resume else None, True, model, ts, info, 0)
+    logger = RunLogger(out, cfg.log_dir, info.is_main, resumed.epoch)
     config, started = cfg.to_dict(), time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        T.seed_everything(seeds.epoch_process_seed(cfg.seed, info.rank, epoch))
-        loader.set_epoch(epoch)
-        objective.set_epoch(epoch)
-        stats = train_one_epoch(ts, loader, epoch, info, not cfg.no_progress,
-                                on_step=logger.step)  # fmt: skip
-        skipped = [p for s in all_gather_objects(stats.skipped, info) for p, _ in s]
-        record = {"epoch": epoch, **stats.as_dict(), "skipped_videos": len(skipped),
-                  "time_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+
+    def end_epoch(epoch: int, stats: EpochStats, extra: dict) -> dict:
+        record = epoch_record(epoch, stats, info)
+        record["time_s"] = round(time.perf_counter() - started, 1)
         if info.is_main:
             log.info("epoch %d: loss %.4f, lr %.2e, %.1f clips/s", epoch, stats.loss,
                      stats.lr, stats.clips_per_s)  # fmt: skip
             logger.epoch(record)
-            last = epoch + 1 == cfg.epochs
-            if (epoch + 1) % cfg.save_ckpt_freq == 0 or last:
-                save_training_state(out, epoch, model, ts.optimizer, config=config,
-                                    extra={"kind": "pretrain"}, trainable_only=False)  # fmt: skip
-        barrier(info)
+        return extra
+
+    saver = Saver(info, out, model, ts, config, trainable_only=False)
+    opts = FitOptions(cfg.epochs, cfg.seed, save_ckpt_freq=cfg.save_ckpt_freq,
+                      progress=not cfg.no_progress)  # fmt: skip
+    fit(ts, loader, info, saver, logger, _MaskStream(objective), end_epoch, opts, resumed,
+        {"kind": "pretrain"})  # fmt: skip
     history = logger.history()
     logger.close()
     summary = {
