@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from engine_support import signal_at_check
 from safetensors import safe_open
 
 import aptune
@@ -23,7 +23,6 @@ from aptune.data.errors import DataError
 from aptune.data.synthetic import make_clip, write_video
 from aptune.data.transforms import normalize
 from aptune.engine.checkpoint import check_complete
-from aptune.engine.distributed import StopVote
 from aptune.models.convert import load_pretrained
 from aptune.pretrain import demo_backbone_config, demo_backbone_path
 from aptune.pretrain.config import PretrainConfig
@@ -240,15 +239,8 @@ def test_pretrain_stopped_by_sigterm_mid_epoch_resumes_to_the_same_weights(tmp_p
     # at 0.5 the 2x2 tube grid has 6 masks: a restarted mask stream shows in the weights
     cmd = [*_pretrain_cmd(tmp_path / "videos", out, 3), "--mask_ratio", "0.5"]
     assert main([*cmd[:4], str(whole), *cmd[5:]]) == 0
-    real, calls = StopVote.poll, []
-
-    def sigterm_at_5th_check(vote, value, what, final=False):
-        calls.append(what)
-        if len(calls) == 5:  # 3 steps, the end-of-epoch check, 1 step of epoch 1 ...
-            os.kill(os.getpid(), signal.SIGTERM)  # ... so step 2 is the one that sees it
-        return real(vote, value, what, final)
-
-    monkeypatch.setattr(StopVote, "poll", sigterm_at_5th_check)
+    # 3 steps, the end-of-epoch check, 1 step of epoch 1: step 2 is the one that sees it
+    signal_at_check(monkeypatch, 5, signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
         main(cmd)
     assert stopped.value.code == 128 + signal.SIGTERM
@@ -262,7 +254,7 @@ def test_pretrain_stopped_by_sigterm_mid_epoch_resumes_to_the_same_weights(tmp_p
         check_complete(out / name)
     assert not (out / "pretrain.safetensors").exists()
 
-    monkeypatch.setattr(StopVote, "poll", real)
+    monkeypatch.undo()
     assert main(cmd) == 0
     losses = [[json.loads(x)["train_loss"] for x in (d / "log.txt").read_text().splitlines()]
               for d in (whole, out)]  # fmt: skip

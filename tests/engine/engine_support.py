@@ -109,3 +109,22 @@ def train_until_saved(flags: list[str], monkeypatch, epoch: int) -> None:
     with pytest.raises(Killed):
         main(["train", *flags])
     monkeypatch.setattr(aptune.engine.run, "save_training_state", real_save)
+
+
+def signal_at_check(monkeypatch, n: int, signum: int) -> None:
+    """Send ``signum`` to this process on the run's ``n``-th stop-flag check (each step and
+    each epoch's end poll once), as a launcher would between two steps."""
+    import os
+
+    from aptune.engine.distributed import StopVote
+
+    real, calls = StopVote.poll, []
+
+    def poll(vote, value, what, final=False):
+        calls.append(what)
+        if len(calls) == n:
+            os.kill(os.getpid(), signum)
+        return real(vote, value, what, final)
+
+    monkeypatch.setattr(StopVote, "poll", poll)
+

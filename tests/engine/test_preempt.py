@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_support import apt_flags, assert_same_weights
+from engine_support import apt_flags, assert_same_weights, signal_at_check
 
 from aptune.cli import main
-from aptune.engine.distributed import StopVote
 from aptune.engine.preempt import StopSignals, exit_code
 
 
@@ -45,15 +44,8 @@ def test_signal_mid_epoch_checkpoints_then_resume_is_bit_identical(
     (which used --num_workers 1: items are seeded by position, not by worker)."""
     out = tmp_path / "run"
     flags = apt_flags(square_data, out, workers=0) + ["--save_ckpt_steps", "5", "--keep_ckpts", "2"]
-    real, calls = StopVote.poll, []
-
-    def signal_at_19th_check(vote, value, what, final=False):
-        calls.append(what)
-        if len(calls) == 19:  # 16 steps, the end-of-epoch check, 2 steps of epoch 1 ...
-            os.kill(os.getpid(), signal.SIGUSR1)  # ... so step 3 is the one that sees it
-        return real(vote, value, what, final)
-
-    monkeypatch.setattr(StopVote, "poll", signal_at_19th_check)
+    # 16 steps, the end-of-epoch check, 2 steps of epoch 1: step 3 is the one that sees it
+    signal_at_check(monkeypatch, 19, signal.SIGUSR1)
     caplog.set_level("INFO", logger="aptune")
     with pytest.raises(SystemExit) as stopped:
         main(["train", *flags])
@@ -65,7 +57,7 @@ def test_signal_mid_epoch_checkpoints_then_resume_is_bit_identical(
     assert len(said) == 1 and "checkpoint-0001-step000003" in said[0]
     assert len(epoch_losses(out)) == 1
 
-    monkeypatch.setattr(StopVote, "poll", real)
+    monkeypatch.undo()
     caplog.clear()
     assert main(["train", *flags]) == 0
     assert any("then 3 steps of epoch 1" in r.getMessage() for r in caplog.records)
