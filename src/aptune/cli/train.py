@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import os
 
-from aptune.config import REFERENCE_METHOD_DEFAULTS, SECTIONS, RunConfig, load_yaml
+from aptune.config import REFERENCE_METHOD_DEFAULTS, SECTIONS, RunConfig
 from aptune.tuning.options import method_flags
 
 SECTION_TITLES = {
@@ -90,10 +90,8 @@ def config_from_namespace(ns: argparse.Namespace) -> RunConfig:
     over the reference's defaults, validated."""
     given = {k: v for k, v in vars(ns).items() if k not in ("config", "func")}
     path = getattr(ns, "config", None)
-    file_values = load_yaml(path) if path else {}
-    cfg = RunConfig.from_values({**file_values, **given},
-                                f"--config {path}" if path else "flags")  # fmt: skip
-    cfg.source = path
+    # the file is read as a run folder's config.yaml is read back (load_run): from_yaml
+    cfg = RunConfig.from_yaml(path, given) if path else RunConfig.from_values(given, "flags")
     if cfg.job.local_rank >= 0:  # torch.distributed.launch's --local-rank: the env rule
         os.environ.setdefault("LOCAL_RANK", str(cfg.job.local_rank))
     return cfg
