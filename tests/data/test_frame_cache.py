@@ -124,3 +124,74 @@ def test_train_flag_reaches_the_dataset(tmp_path):
     args = parse_train_args(["--decode_cache", str(tmp_path / "c")])
     assert data_config(args).decode_cache == str(tmp_path / "c")
     assert data_config(parse_train_args([])).decode_cache is None
+
+
+def _flip_middle(entry, n: int = 16) -> None:
+    """Bytes changed on disk without a change in size (what a truncation check misses)."""
+    data = bytearray(entry.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + n] = bytes(b ^ 0xFF for b in data[mid : mid + n])
+    entry.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_are_noticed_and_decoded_again(tmp_path, coded_videos, caplog,
+                                                     count_decodes):  # fmt: skip
+    cache = FrameCache(tmp_path / "cache")
+    video = coded_videos["mp4"]
+    entry = cache.entry_path(video)
+    cache.open(video)
+    size = entry.stat().st_size
+    _flip_middle(entry)
+    assert entry.stat().st_size == size
+    everything = list(range(48))
+    frames = cache.open(video).get_frames(everything)
+    np.testing.assert_array_equal(frames, read_frames(video, everything))  # a fresh decode
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "checksum differs" in warnings[0]
+    assert str(video) in warnings[0] and str(entry) in warnings[0]
+    assert count_decodes == [str(video)] * 2
+    caplog.clear()
+    again = FrameCache(tmp_path / "cache").open(video).get_frames(everything)  # rewritten
+    np.testing.assert_array_equal(again, frames)
+    assert count_decodes == [str(video)] * 2 and not caplog.records
+    actual, stored = fc.entry_checksum(entry)
+    assert actual == stored and entry.stat().st_size == size
+
+
+def test_flipped_footer_or_header_is_noticed(tmp_path, coded_videos, caplog, count_decodes):
+    cache = FrameCache(tmp_path / "cache")
+    video = coded_videos["avi"]
+    entry = cache.entry_path(video)
+    for offset in (20, -3):  # the .npy header (its shape text), the stored CRC
+        cache.open(video)
+        data = bytearray(entry.read_bytes())
+        data[offset] ^= 0x01
+        entry.write_bytes(bytes(data))
+        np.testing.assert_array_equal(cache.open(video).get_frames([9]), read_frames(video, [9]))
+    assert len(count_decodes) == 3 and caplog.text.count("decoding again") == 2
+
+
+def test_entry_of_an_earlier_version_is_decoded_again_once(tmp_path, coded_videos, caplog,
+                                                           count_decodes):  # fmt: skip
+    cache = FrameCache(tmp_path / "cache")
+    video = coded_videos["webm"]
+    entry = cache.entry_path(video)
+    entry.parent.mkdir(parents=True)
+    np.save(entry, read_frames(video, range(48)))  # the old format: no checksum footer
+    np.testing.assert_array_equal(cache.open(video).get_frames([1]), read_frames(video, [1]))
+    assert "no checksum" in caplog.text and len(count_decodes) == 1
+    actual, stored = fc.entry_checksum(entry)
+    assert actual == stored  # rewritten with one: later opens read the cache
+    cache.open(video)
+    assert len(count_decodes) == 1 and caplog.text.count("no checksum") == 1
+
+
+def test_dataset_clips_from_a_corrupted_cache_equal_fresh_decodes(tmp_path, action_data):
+    cfg = DataConfig(data_set="SSV2", data_path=action_data["data_path"], nb_classes=3, **SMALL)
+    cached = replace(cfg, decode_cache=str(tmp_path / "cache"))
+    build_dataset("val", cached)[0]  # fill the cache
+    for entry in (tmp_path / "cache").rglob("*.npy"):
+        _flip_middle(entry, 64)
+    plain, fast = build_dataset("val", cfg), build_dataset("val", cached)
+    for i in range(len(plain)):
+        assert torch.equal(plain[i].clips, fast[i].clips)

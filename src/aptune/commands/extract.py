@@ -7,8 +7,12 @@ exactly with one test view, and in their top-1 in practice otherwise). ``--token
 ``tokens`` (N, t, h, w, D): the last block's token grid, averaged over the views.
 
 Long lists are processed in chunks written to ``OUT.parts/`` as they finish; a rerun with
-the same list resumes after the last finished chunk. An unreadable video is named, counted
-and listed in the metadata's ``failed``; it is never silently dropped.
+the same list resumes after the last finished chunk. Each part carries in its metadata a
+sha256 of its tensors, its ``failed`` list and the extraction's fingerprint; a rerun
+re-hashes every finished part and computes a part that does not match (bytes changed on
+disk, or written by an earlier aptune without the hash) again, named in one log line. An
+unreadable video is named, counted and listed in the metadata's ``failed``; it is never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -129,6 +133,50 @@ def _write_atomic(tensors: dict, meta: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def _part_hash(tensors: dict[str, torch.Tensor], failed: str, stamp: str) -> str:
+    """sha256 of what a part holds: names, dtypes, shapes and bytes of its tensors, its
+    ``failed`` list and the fingerprint of the extraction it belongs to."""
+    h = hashlib.sha256(json.dumps([stamp, failed]).encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_part(tensors: dict, failed: list[tuple[str, str]], stamp: str, part: Path) -> None:
+    """A finished chunk with its hash in its own metadata: part and hash land together."""
+    failed_json = json.dumps([[p, r] for p, r in failed])
+    meta = {"failed": failed_json, "sha256": _part_hash(tensors, failed_json, stamp)}
+    _write_atomic(tensors, meta, part)
+
+
+def _part_fault(part: Path, stamp: str) -> str | None:
+    """Why a finished part cannot be reused (None: its bytes are what was written)."""
+    try:
+        with safe_open(str(part), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, SafetensorError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    stored = meta.get("sha256")
+    if stored is None:
+        return "no sha256 (written by an earlier aptune)"
+    actual = _part_hash(tensors, meta.get("failed", ""), stamp)
+    return None if actual == stored else f"sha256 differs: {actual[:12]}, stored {stored[:12]}"
+
+
+def _read_manifest(manifest: Path) -> dict:
+    """The parts folder's manifest; an unreadable one is a one-line error, never a guess."""
+    try:
+        data = json.loads(manifest.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{manifest}: unreadable ({exc}); delete its folder to start over") from exc
+
+
 def _run_chunk(
     extract: Extractor, ds: VideoClipDataset, batch_videos: int, workers: int, progress
 ) -> tuple[dict, list[tuple[str, str]]]:
@@ -177,13 +225,15 @@ def extract_features(
     parts_dir = out.with_name(out.name + ".parts")
     stamp = _fingerprint(videos, tokens, source, chunk)
     manifest = parts_dir / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") != stamp:
+    if manifest.is_file() and _read_manifest(manifest).get("fingerprint") != stamp:
         raise DataError(
             f"{parts_dir}: left by an extraction of another list, run or --chunk; delete it to "
             "start over"
         )
     parts_dir.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"fingerprint": stamp, "videos": len(videos)}))
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(json.dumps({"fingerprint": stamp, "videos": len(videos)}))
+    tmp.replace(manifest)
     precision = inference_precision(trained.device, bf16)  # training's rule for the card
     extract = Extractor(trained, tokens, precision)
     views = trained.views_per_video
@@ -193,8 +243,12 @@ def extract_features(
         for n, lo in enumerate(range(0, len(videos), chunk)):
             part = parts_dir / f"part-{n:06d}.safetensors"
             if part.is_file():
-                bar.update(min(chunk, len(videos) - lo))
-                continue
+                fault = _part_fault(part, stamp)
+                if fault is None:
+                    bar.update(min(chunk, len(videos) - lo))
+                    continue
+                log.warning("extract part %s is corrupt (%s): computing it again", part, fault)
+                part.unlink()
             entries = [
                 VideoEntry(str(Path(v).resolve()), 0, lo + i + 1)
                 for i, v in enumerate(videos[lo : lo + chunk])
@@ -203,7 +257,7 @@ def extract_features(
             tensors, failed = _run_chunk(extract, ds, batch_videos, num_workers, bar)
             if "index" in tensors:
                 tensors["index"] += lo
-            _write_atomic(tensors, {"failed": json.dumps([[p, r] for p, r in failed])}, part)
+            _write_part(tensors, failed, stamp, part)
     finally:
         bar.close()
         extract.close()
