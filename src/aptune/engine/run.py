@@ -46,6 +46,7 @@ from aptune.engine.loop import (
     predict_views,
 )
 from aptune.engine.metrics import EvalResult, evaluate_probs, merge_views, write_predictions
+from aptune.engine.run_lock import hold_run_lock
 from aptune.engine.run_outputs import RunLogger, write_final_reports
 from aptune.engine.speed import prepare_model_for_speed
 from aptune.models.vit import VisionTransformer
@@ -87,7 +88,8 @@ def train(cfg: RunConfig) -> dict:
     info = init_distributed(cfg.job.device, cfg.job.local_rank, cfg.job.dist_timeout)
     out = T.run_dir(cfg.job.output_dir)
     try:
-        return _train(cfg, info, out)
+        with hold_run_lock(out, info.is_main):  # one writer per folder (RunLockedError)
+            return _train(cfg, info, out)
     finally:
         cleanup(info)
 

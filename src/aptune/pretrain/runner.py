@@ -39,6 +39,7 @@ from aptune.engine.fit import FitOptions, epoch_record, fit, resume
 from aptune.engine.loop import EpochStats, Precision, TrainStep, resolve_precision
 from aptune.engine.optim import build_optimizer, cosine_schedule, scaled_lr
 from aptune.engine.run import Saver
+from aptune.engine.run_lock import hold_run_lock
 from aptune.engine.run_outputs import RunLogger
 from aptune.pretrain.config import PretrainConfig
 from aptune.pretrain.data import UnlabelledClips, find_videos
@@ -161,6 +162,12 @@ def pretrain(cfg: PretrainConfig, info: DistInfo | None = None) -> dict:
     """Run (or resume) a pre-training job; returns a summary of the run."""
     info = info or DistInfo()
     out = T.run_dir(cfg.output_dir)
+    with hold_run_lock(out, info.is_main):  # one writer per folder (RunLockedError)
+        return _pretrain(cfg, info, out)
+
+
+def _pretrain(cfg: PretrainConfig, info: DistInfo, out: Path) -> dict:
+    """The job itself, run while rank 0 holds the folder's lock."""
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _save_config(cfg, out / "config.yaml")
