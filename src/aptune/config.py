@@ -115,6 +115,9 @@ class DataOptions:
     decoder: str = option("auto", "video decoding backend",
                        choices=("auto", "pyav", "decord", "frames"))
     strict_data: bool = option(False, "fail on the first unreadable training video")
+    eval_skip_unreadable: bool = option(False, "exclude validation/test videos that cannot be "
+                                        "opened (found at start-up, counted in metrics.json) "
+                                        "instead of stopping before the first epoch")
     decode_cache: str | None = option(None, "decode each video once into DIR (raw frames) and "
                                    "read it from there in later epochs and runs", type=str)
     aug_device: str = option("auto", "where training clips are augmented: cpu = in the "

@@ -6,6 +6,7 @@ Kept apart from the loop (``engine``) and the orchestration (``runner``) so ``ev
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch.utils.data import (
 from aptune.build import build_model
 from aptune.config import ConfigError, RunConfig
 from aptune.data import DataConfig, DeviceAugment, build_dataset, collate_clips
+from aptune.data.probe import default_workers
 from aptune.engine import seeds
 from aptune.engine.distributed import DistInfo
 from aptune.engine.loop import TrainStep
@@ -368,14 +370,30 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
                                                      broadcast_buffers=False)  # fmt: skip
 
 
+@functools.cache
+def loader_workers(requested: int) -> int:
+    """``--num_workers`` capped at the CPUs this process may use, said once per value.
+
+    The reference's default (10) on a 2-core machine only adds processes that wait for
+    the cores (and PyTorch warns about them); a capped count decodes as fast. The data
+    order and augmentation do not depend on the worker count (items are seeded by
+    position), so the cap changes no result."""
+    cpus = default_workers()
+    if requested <= cpus:
+        return requested
+    log.info("--num_workers %d capped at %d: the CPUs this process may use", requested, cpus)
+    return cpus
+
+
 def run_loader(
     dataset, cfg: RunConfig, info: DistInfo, train: bool, persistent: bool | None = None
 ) -> EpochLoader:
     """A run's training (``batch_size``) or evaluation (``batch_size_val``) loader;
     ``persistent`` (default: for training) keeps its workers across passes."""
     batch = cfg.optim.batch_size if train else cfg.optim.batch_size_val
+    workers = loader_workers(cfg.data.num_workers)
     return EpochLoader(dataset, info, train, seed=cfg.job.seed, batch_size=batch,
-                       num_workers=cfg.data.num_workers, pin_mem=cfg.data.pin_mem,
+                       num_workers=workers, pin_mem=cfg.data.pin_mem,
                        persistent=persistent)  # fmt: skip
 
 

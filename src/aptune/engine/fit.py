@@ -4,7 +4,8 @@ One place holds the rules of a training run's epochs: per-epoch seeding, resume 
 mid-epoch, from verified checkpoints), step and epoch checkpoints, the stop signals and
 their distributed vote (checkpoint, then ``SystemExit(128 + signum)``). What differs
 between jobs comes in as parts: the train step, the loader, a saver, the run's logger, the
-job's extra random streams and its end-of-epoch work (records, validation, best).
+job's extra random streams and its end-of-epoch work (records; then, after the epoch's
+checkpoint, validation and best).
 """
 
 from __future__ import annotations
@@ -201,12 +202,16 @@ def _start_epoch(ts: TrainStep, loader, streams: Streams, info: DistInfo, seed: 
 
 def fit(ts: TrainStep, loader, info: DistInfo, saver: Saver, logger: RunLogger,
         streams: Streams, end_epoch: EndEpoch, opts: FitOptions, resumed: Resumed,
-        extra: dict) -> dict:  # fmt: skip
+        extra: dict, evaluate: EndEpoch | None = None) -> dict:  # fmt: skip
     """Train epochs ``resumed.epoch`` .. ``opts.epochs - 1``; returns the last ``extra``.
 
-    ``extra`` is saved with every checkpoint; ``end_epoch`` logs the epoch, may evaluate
-    and returns the next ``extra``. SIGTERM / SIGUSR1 / Ctrl-C end the run after the
-    current optimiser step with a checkpoint and ``SystemExit(128 + signum)``.
+    ``extra`` is saved with every checkpoint; ``end_epoch`` logs the epoch and returns the
+    next ``extra``, before the epoch's checkpoint (a kill right after it keeps the log
+    line). ``evaluate`` (validation) runs after that checkpoint, so a failing evaluation
+    never throws the epoch's training away; what it changes in ``extra`` reaches the next
+    checkpoint (the job keeps its own record of it, e.g. the best checkpoint).
+    SIGTERM / SIGUSR1 / Ctrl-C end the run after the current optimiser step with a
+    checkpoint and ``SystemExit(128 + signum)``.
     """
     with StopSignals() as signals, _close_on_exit(logger):
         run = _Epoch(ts, info, saver, streams, opts, StopVote(info), signals)
@@ -220,5 +225,7 @@ def fit(ts: TrainStep, loader, info: DistInfo, saver: Saver, logger: RunLogger,
                                     carry=carry, after_step=check)  # fmt: skip
             extra = end_epoch(epoch, stats, extra)
             run.checkpoint(epoch, extra)
+            if evaluate is not None:
+                extra = evaluate(epoch, stats, extra)
             run.stop_at_end(epoch, extra)
     return extra

@@ -134,6 +134,20 @@ def curves_section(run: Path) -> str:
     return f"<img alt='training and validation curves' src='{img}'>"
 
 
+def notes_html(metrics: dict | None) -> str:
+    """The run's warnings (a frozen random backbone) and the evaluation videos excluded by
+    ``--eval_skip_unreadable``, above everything else: they change what the numbers mean."""
+    metrics = metrics or {}
+    lines = [f"<p class=bad><b>Warning:</b> {_e(w)}</p>" for w in metrics.get("warnings", [])]
+    excluded = metrics.get("eval_excluded") or {}
+    if excluded.get("count"):
+        videos = "".join(f"<li>{_e(v)}</li>" for v in excluded.get("videos", []))
+        lines.append(f"<p class=bad><b>{excluded['count']} unreadable validation/test "
+                     "video(s) excluded from evaluation</b> (--eval_skip_unreadable):</p>"
+                     f"<ul>{videos}</ul>")  # fmt: skip
+    return "".join(lines)
+
+
 def metrics_section(metrics: dict | None) -> str:
     if not metrics or "test" not in metrics:
         return _missing("test metrics (metrics.json)")
@@ -257,7 +271,9 @@ def render_report(run: Path) -> str:
         ("Config", config_section(run)),
     ]
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    body = "".join(f"<section><h2>{_e(t)}</h2>{s}</section>" for t, s in sections)
+    body = notes_html(metrics) + "".join(
+        f"<section><h2>{_e(t)}</h2>{s}</section>" for t, s in sections
+    )
     return (
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>aptune run "
         f"{_e(run.name)}</title><style>{CSS}</style></head><body><h1>aptune run "

@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from aptune.config import ConfigError, RunConfig, save_config
 from aptune.engine import builders as T
 from aptune.engine import seeds
 from aptune.engine.checkpoint import (
     BEST_NAME,
+    STATE_FILE,
     ResumeError,
     check_complete,
     find_latest_checkpoint,
@@ -38,6 +40,7 @@ from aptune.engine.distributed import (
     unwrap,
     wait_for_main,
 )
+from aptune.engine.eval_lists import check_eval_lists, frozen_backbone_warning
 from aptune.engine.fit import FitOptions, Resumed, epoch_record, fit, resume
 from aptune.engine.html_report import write_report
 from aptune.engine.loop import (
@@ -77,6 +80,28 @@ def _resume(cfg, model, ts, out: Path, info: DistInfo) -> Resumed:
     if path is None and cfg.job.auto_resume:
         path, verified = latest_verified(out), True
     return resume(path, verified, model, ts, info, cfg.job.start_epoch)
+
+
+def _best_so_far(out: Path, resumed: Resumed, history: list[dict]) -> dict:
+    """The best validation before ``resumed.epoch``, as an uninterrupted run has it there.
+
+    An epoch checkpoint is written before its validation, so its ``best`` may miss that
+    epoch's: the validation lines of ``log.txt`` after it are replayed (a strictly higher
+    top-1 wins, as in ``_validate``), then ``checkpoint-best`` (written before the line is
+    amended) fills in a kill between the two."""
+    best = resumed.extra.get("best", {"top1": -1.0, "epoch": -1})
+    for h in history:
+        if best["epoch"] < h.get("epoch", -1) < resumed.epoch and "val_top1" in h:
+            if h["val_top1"] > best["top1"]:
+                best = {"top1": h["val_top1"], "top5": h.get("val_top5"), "epoch": h["epoch"]}
+    folder = out / BEST_NAME
+    try:
+        check_complete(folder, hashes=False)
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        found = state["extra"]["best"]
+    except Exception:  # no (complete) best checkpoint: the replayed value stands
+        return best
+    return found if best["epoch"] < found["epoch"] < resumed.epoch else best
 
 
 def train(cfg: RunConfig) -> dict:
@@ -170,16 +195,20 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
     splits = ("train",) + (() if cfg.job.disable_eval_during_finetuning else ("val",)) + ("test",)
     on_device = T.augments_on_device(cfg, info.device)
     datasets = T.build_datasets(cfg, splits, defer_augment=on_device)
+    excluded = check_eval_lists(cfg, datasets, info, out)  # before any training
     names = datasets["train"].class_names
     if info.is_main and names:
         (out / "classes.txt").write_text("\n".join(names) + "\n")
     model = T.build_run_model(cfg, info)
     report = parameter_report(model)
     precision = T.run_precision(cfg, info.device)
+    warning = frozen_backbone_warning(cfg, T.trains_backbone(model))
     if info.is_main:
         log.info("model %s, transfer_type %s, precision %s, %d process(es) on %s\n%s",
                  cfg.model.model, cfg.model.transfer_type, precision.name, info.world_size,
                  info.device, report)  # fmt: skip
+        if warning:
+            log.warning("%s", warning)
     net = prepare_model_for_speed(model, cfg, info, precision, run_dir=out)  # attention etc.
     ddp_model = T.wrap_ddp(net, info)
     o = cfg.optim
@@ -200,20 +229,29 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
                for s, d in datasets.items()}  # fmt: skip
     resumed = _resume(cfg, model, ts, out, info)
     logger = RunLogger(out, cfg.job.log_dir, info.is_main, resumed.epoch)
-    best = resumed.extra.get("best", {"top1": -1.0, "epoch": -1})
+    best = _best_so_far(out, resumed, logger.history())
     saver = _Saver(cfg, info, out, model, ts, T.saves_full_weights(model, cfg))
     started = time.perf_counter()
     opts = FitOptions(cfg.optim.epochs, cfg.job.seed, cfg.job.save_ckpt, cfg.job.save_ckpt_freq,
                       cfg.job.save_ckpt_steps, not cfg.job.no_progress)  # fmt: skip
 
+    notes = {"warning": warning} if warning else {}
+
     def end_epoch(epoch: int, stats: EpochStats, extra: dict) -> dict:
-        best = _end_epoch(cfg, info, epoch, stats, report.trainable, loaders, ddp_model,
-                          precision, extra["best"], saver, logger)  # fmt: skip
+        record = epoch_record(epoch, stats, info, n_parameters=report.trainable, **notes)
+        if info.is_main:
+            logger.epoch(record)  # validation amends this line after the checkpoint
+        return extra
+
+    def evaluate(epoch: int, stats: EpochStats, extra: dict) -> dict:
+        best = _validate(cfg, info, epoch, loaders, ddp_model, precision, extra["best"],
+                         saver, logger)  # fmt: skip
         return {"best": best}
 
     best = fit(ts, loaders["train"], info, saver, logger, _Mixup(ts, cfg.job.seed, info.rank),
-               end_epoch, opts, resumed, {"best": best})["best"]  # fmt: skip
+               end_epoch, opts, resumed, {"best": best}, evaluate)["best"]  # fmt: skip
     result = {"best_val": best, "train_time_s": round(time.perf_counter() - started, 2)}
+    result.update(_notes(cfg, warning, excluded))
     test = evaluate_split(ddp_model, loaders["test"], info, precision, cfg, "test")
     if test is not None:
         ds = datasets["test"]
@@ -231,20 +269,28 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
     return result
 
 
-def _end_epoch(cfg, info, epoch, stats, trainable, loaders, ddp_model, precision, best,
-               saver: Saver, logger) -> dict:  # fmt: skip
-    """Validation, the best checkpoint and the epoch's log record; returns the best."""
-    record = epoch_record(epoch, stats, info, n_parameters=trainable)
-    if "val" in loaders:
-        val = evaluate_split(ddp_model, loaders["val"], info, precision, cfg, "val")
-        if val is not None:
-            record.update({f"val_{k}": v for k, v in val.summary().items()})
-            if val.top1 > best["top1"]:
-                best = {"top1": val.top1, "top5": val.top5, "epoch": epoch}
-                if cfg.job.save_ckpt:
-                    saver.best(epoch, {"best": best})
-    if info.is_main:
-        logger.epoch(record)
+def _notes(cfg: RunConfig, warning: str | None, excluded: list[str]) -> dict:
+    """What ``metrics.json`` and the report must say beside the numbers."""
+    notes: dict = {"warnings": [warning]} if warning else {}
+    if cfg.data.eval_skip_unreadable:
+        notes["eval_excluded"] = {"count": len(excluded), "videos": excluded}
+    return notes
+
+
+def _validate(cfg, info, epoch, loaders, ddp_model, precision, best, saver: Saver,
+              logger) -> dict:  # fmt: skip
+    """Validation (after the epoch's checkpoint), the best checkpoint and the validation
+    fields of the epoch's log line; returns the best."""
+    if "val" not in loaders:
+        return best
+    val = evaluate_split(ddp_model, loaders["val"], info, precision, cfg, "val")
+    if val is None:
+        return best
+    if val.top1 > best["top1"]:
+        best = {"top1": val.top1, "top5": val.top5, "epoch": epoch}
+        if cfg.job.save_ckpt:
+            saver.best(epoch, {"best": best})
+    logger.amend({f"val_{k}": v for k, v in val.summary().items()})
     return best
 
 

@@ -58,6 +58,25 @@ class RunLogger:
                     self.writer.add_scalar(f"epoch/{k}", v, record["epoch"])
             self.writer.flush()
 
+    def amend(self, fields: dict) -> None:
+        """Add ``fields`` (validation) to the last epoch's line, rewritten atomically: the
+        line is written before the epoch's checkpoint, validation runs after it."""
+        if not self.enabled or not fields:
+            return
+        history = self.history()
+        if not history:
+            return
+        history[-1].update(fields)
+        path = self.out / "log.txt"
+        tmp = path.with_suffix(".txt.tmp")
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+        tmp.replace(path)
+        if self.writer is not None:
+            for k, v in fields.items():
+                if isinstance(v, (int, float)):
+                    self.writer.add_scalar(f"epoch/{k}", v, history[-1]["epoch"])
+            self.writer.flush()
+
     def history(self) -> list[dict]:
         path = self.out / "log.txt"
         if not path.is_file():
