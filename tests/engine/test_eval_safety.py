@@ -105,7 +105,7 @@ def test_frozen_random_backbone_says_so(square_data, tmp_path, caplog):
 
 def test_num_workers_is_capped_at_the_usable_cpus(monkeypatch, caplog):
     builders.loader_workers.cache_clear()
-    monkeypatch.setattr(builders, "default_workers", lambda: 2)
+    monkeypatch.setattr(builders, "usable_cpus", lambda: 2)
     caplog.set_level("INFO", logger="aptune")
     assert builders.loader_workers(10) == 2 and builders.loader_workers(10) == 2
     assert builders.loader_workers(1) == 1

@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aptune.config import ConfigError
+from aptune.data.probe import usable_cpus
 
 
 @dataclass(frozen=True)
@@ -169,19 +170,12 @@ class Job:
 
 def default_parallel() -> int:
     """Children trained side by side: 2 on 2+ cores (see ``run_jobs``), else 1."""
-    return 2 if _cores() >= 2 else 1
+    return 2 if usable_cpus() >= 2 else 1
 
 
 def threads_per_job(parallel: int) -> int:
     """Threads each child gets when ``parallel`` children share the machine's cores."""
-    return max(1, _cores() // max(1, parallel))
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return max(1, usable_cpus() // max(1, parallel))
 
 
 def run_jobs(jobs: list[Job], epochs: int, bar: tqdm, parallel: int = 1) -> list[Job]:

@@ -33,7 +33,7 @@ def probe_video(path: str, backend: str = "auto") -> str | None:
     return None
 
 
-def default_workers() -> int:
+def usable_cpus() -> int:
     """The CPUs this process may use (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -51,7 +51,7 @@ def probe_videos(
     from tqdm import tqdm
 
     unique = list(dict.fromkeys(paths))
-    threads = min(workers or default_workers(), max(1, len(unique)))
+    threads = min(workers or usable_cpus(), max(1, len(unique)))
     show = progress and len(unique) >= PROGRESS_FROM
     with ThreadPoolExecutor(threads) as pool:
         results = pool.map(lambda p: probe_video(p, backend), unique)

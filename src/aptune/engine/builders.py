@@ -26,7 +26,7 @@ from torch.utils.data import (
 from aptune.build import build_model
 from aptune.config import ConfigError, RunConfig
 from aptune.data import DataConfig, DeviceAugment, build_dataset, collate_clips
-from aptune.data.probe import default_workers
+from aptune.data.probe import usable_cpus
 from aptune.engine import seeds
 from aptune.engine.distributed import DistInfo
 from aptune.engine.loop import TrainStep
@@ -378,7 +378,7 @@ def loader_workers(requested: int) -> int:
     the cores (and PyTorch warns about them); a capped count decodes as fast. The data
     order and augmentation do not depend on the worker count (items are seeded by
     position), so the cap changes no result."""
-    cpus = default_workers()
+    cpus = usable_cpus()
     if requested <= cpus:
         return requested
     log.info("--num_workers %d capped at %d: the CPUs this process may use", requested, cpus)
