@@ -326,7 +326,7 @@ def _hints(
 def attached_prefixes(model: nn.Module) -> tuple[str, ...]:
     """The parameter prefixes of the tuning methods attached to ``model``."""
     configs = getattr(model, "tuning_configs", ())
-    return tuple(p for cfg in configs for p in getattr(cfg, "param_prefixes", ()))
+    return tuple(p for cfg in configs for p in cfg.param_prefixes)
 
 
 def load_pretrained(
