@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from aptune.models.sizes import is_vjepa2
 from aptune.models.vit import AttnImpl, VisionTransformer, create_vit
 from aptune.tuning import (
     attach_methods,
@@ -49,6 +50,8 @@ def build_model(
     use_checkpoint: bool = False,
     verbose: bool = False,
     finetune: str | Path | None = None,
+    head: str | None = None,
+    head_checkpoint: str | Path | None = None,
     **method_options: Any,
 ) -> VisionTransformer:
     """Build a VideoMAE ViT with a tuning method, optionally from a checkpoint.
@@ -68,7 +71,36 @@ def build_model(
     (the reference's ``--use_checkpoint``; ``model.set_grad_checkpointing()`` toggles it).
     Extra keyword options go to the methods by their flag names (``lora_rank=8`` ...).
     Returns the model in train mode with ``requires_grad`` set for the method.
+
+    ``vjepa2_*`` names build Meta's V-JEPA 2 encoders (``models/vjepa2.py``) from Meta's
+    ``.pt`` files (``model_key`` ``target_encoder`` by default, or ``encoder``), Hugging Face
+    ``VJEPA2Model`` / ``VJEPA2ForVideoClassification`` folders or Hub ids, or aptune's
+    files; ``head`` is ``attentive`` (Meta's attentive classifier, their default) or
+    ``linear`` (mean pooling, LayerNorm, linear: VideoMAE's head, the only one it has);
+    ``head_checkpoint`` is a Meta attentive-probe file for the head.
     """
+    if is_vjepa2(model):
+        from aptune.models.vjepa2_load import build_vjepa2
+
+        return build_vjepa2(
+            model, num_classes=num_classes, transfer_type=transfer_type,
+            num_frames=num_frames, input_size=input_size, tubelet_size=tubelet_size,
+            drop_path=drop_path, fc_drop_rate=fc_drop_rate, init_scale=init_scale,
+            checkpoint=checkpoint if checkpoint is not None else finetune,
+            model_key=model_key, model_prefix=model_prefix, drop=drop,
+            attn_drop_rate=attn_drop_rate, attn_impl=attn_impl, use_checkpoint=use_checkpoint,
+            verbose=verbose, head=head or "attentive", head_checkpoint=head_checkpoint,
+            method_options=dict(
+                prompt_num_tokens=prompt_num_tokens, prompt_start=prompt_start,
+                prompt_end=prompt_end, prompt_dropout=prompt_dropout,
+                prompt_reparam=prompt_reparam, **method_options,
+            ),
+        )  # fmt: skip
+    if head not in (None, "linear") or head_checkpoint is not None:
+        raise ValueError(
+            f"--head attentive / --head_checkpoint are for V-JEPA 2 models (vjepa2_*); {model} "
+            "has VideoMAE's head (--head linear: mean pooling, fc_norm, linear)"
+        )
     if checkpoint is not None and finetune is not None and str(checkpoint) != str(finetune):
         raise ValueError("give the checkpoint once: either checkpoint= or finetune=")
     checkpoint = checkpoint if checkpoint is not None else finetune

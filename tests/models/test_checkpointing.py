@@ -118,9 +118,9 @@ def count_checkpoints(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = vit.checkpoint
 
-    def counting(fn, x, i, **kw):
+    def counting(fn, x, i, *rest, **kw):
         calls.append(i)
-        return real(fn, x, i, **kw)
+        return real(fn, x, i, *rest, **kw)
 
     monkeypatch.setattr(vit, "checkpoint", counting)
     return calls

@@ -99,3 +99,61 @@ __all__ = [
     "sinusoid_table",
     "tubelet_matmul",
 ]
+
+
+class PatchEmbed(nn.Module):
+    """Tubelet embedding: (B, 3, T, H, W) -> (B, N, D), tokens in (t, h, w) order."""
+
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        in_chans: int,
+        dim: int,
+        num_frames: int,
+        tubelet: int,
+        fixed_grid: bool = True,
+    ) -> None:
+        super().__init__()
+        # a fixed grid (VideoMAE: a position table per token) or any multiple of the
+        # tubelet and patch (V-JEPA 2: rotary positions from the input's own grid)
+        self.fixed_grid = fixed_grid
+        if img_size % patch_size or num_frames % tubelet:
+            raise ValueError(
+                f"input_size {img_size} / num_frames {num_frames} must be multiples of the patch "
+                f"size {patch_size} / tubelet size {tubelet}"
+            )
+        self.img_size, self.patch_size, self.tubelet_size = img_size, patch_size, tubelet
+        self.grid = (num_frames // tubelet, img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
+        kernel = (tubelet, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, dim, kernel_size=kernel, stride=kernel)
+
+    def grid_of(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """The (t, h, w) token grid of an input (B, C, T, H, W)."""
+        T, H, W = x.shape[-3:]
+        return (T // self.tubelet_size, H // self.patch_size, W // self.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, H, W = x.shape[-3:]
+        grid = self.grid_of(x)
+        if not self.fixed_grid:
+            if T % self.tubelet_size or H % self.patch_size or W % self.patch_size or 0 in grid:
+                raise ValueError(
+                    f"input of shape (B, C, T, H, W) = {tuple(x.shape)}: T must be a multiple "
+                    f"of the tubelet size {self.tubelet_size} and H, W of the patch size "
+                    f"{self.patch_size}"
+                )
+        elif grid != self.grid:
+            raise ValueError(
+                f"input of shape (B, C, T, H, W) = {tuple(x.shape)} does not match the model's "
+                f"num_frames={self.grid[0] * self.tubelet_size}, input_size={self.img_size}; "
+                "rebuild the model with these sizes"
+            )
+        dtype = reduced_cpu_dtype(x)
+        if dtype is not None:  # the same sums as one matmul: oneDNN's bf16 Conv3d is slow
+            return tubelet_matmul(x, self.proj.weight, self.proj.bias, grid, dtype)
+        # (B, D, t, h, w) -> (B, N, D), made row-major once: as a transposed view, every
+        # residual add would keep that layout and every LayerNorm copy it back (forward and
+        # backward, twice per block)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()

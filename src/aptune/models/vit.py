@@ -27,13 +27,8 @@ from aptune.models.attention_kernels import (
     recompute_attention,
     split_heads,
 )
-from aptune.models.layers import (
-    DropPath,
-    init_weights,
-    reduced_cpu_dtype,
-    sinusoid_table,
-    tubelet_matmul,
-)
+from aptune.models.layers import DropPath, PatchEmbed, init_weights, sinusoid_table
+from aptune.models.rope import apply_rope
 from aptune.models.sizes import MLP_RATIOS, MODEL_SIZES, model_spec
 
 AttnImpl = Literal["sdpa", "plain", "recompute"]
@@ -41,41 +36,6 @@ ATTN_IMPLS: tuple[str, ...] = ("sdpa", "plain", "recompute")
 LN_EPS = 1e-6
 #: VideoMAE V2's cap on the cosine-attention logit scale: exp(scale) <= 100.
 LOGIT_SCALE_MAX = math.log(100.0)
-
-
-class PatchEmbed(nn.Module):
-    """Tubelet embedding: (B, 3, T, H, W) -> (B, N, D), tokens in (t, h, w) order."""
-
-    def __init__(
-        self, img_size: int, patch_size: int, in_chans: int, dim: int, num_frames: int, tubelet: int
-    ) -> None:
-        super().__init__()
-        if img_size % patch_size or num_frames % tubelet:
-            raise ValueError(
-                f"input_size {img_size} / num_frames {num_frames} must be multiples of the patch "
-                f"size {patch_size} / tubelet size {tubelet}"
-            )
-        self.img_size, self.patch_size, self.tubelet_size = img_size, patch_size, tubelet
-        self.grid = (num_frames // tubelet, img_size // patch_size, img_size // patch_size)
-        self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
-        kernel = (tubelet, patch_size, patch_size)
-        self.proj = nn.Conv3d(in_chans, dim, kernel_size=kernel, stride=kernel)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, T, H, W = x.shape
-        if (T // self.tubelet_size, H // self.patch_size, W // self.patch_size) != self.grid:
-            raise ValueError(
-                f"input of shape (B, C, T, H, W) = {tuple(x.shape)} does not match the model's "
-                f"num_frames={self.grid[0] * self.tubelet_size}, input_size={self.img_size}; "
-                "rebuild the model with these sizes"
-            )
-        dtype = reduced_cpu_dtype(x)
-        if dtype is not None:  # the same sums as one matmul: oneDNN's bf16 Conv3d is slow
-            return tubelet_matmul(x, self.proj.weight, self.proj.bias, self.grid, dtype)
-        # (B, D, t, h, w) -> (B, N, D), made row-major once: as a transposed view, every
-        # residual add would keep that layout and every LayerNorm copy it back (forward and
-        # backward, twice per block)
-        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 class Attention(nn.Module):
@@ -100,6 +60,7 @@ class Attention(nn.Module):
         cos_attn: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        full_qkv_bias: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -112,8 +73,9 @@ class Attention(nn.Module):
         else:
             self.scale = self.head_dim**-0.5
         self.attn_impl: AttnImpl = attn_impl
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        if qkv_bias:
+        # V-JEPA 2: one bias for q, k and v (``qkv.bias``); VideoMAE: q and v biases only
+        self.qkv = nn.Linear(dim, 3 * dim, bias=full_qkv_bias)
+        if qkv_bias and not full_qkv_bias:
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
         else:
@@ -124,16 +86,21 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, N, D = x.shape
-        bias = None
+        bias = self.qkv.bias
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias)  # (B, N, 3D)
         if self.qkv_delta is not None:
             qkv = qkv + self.qkv_delta(x)
         q, k, v = split_heads(qkv, self.num_heads)  # each (B, h, N, d)
+        if rope is not None:  # rotary positions on the data tokens, before any prompt joins
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         extra = None  # APT's prompt keys and values, (B, h, M, d) each
         if extra_kv is not None:
             k_extra, v_extra = extra_kv
@@ -205,10 +172,13 @@ class Block(nn.Module):
         cos_attn: bool = False,
         drop: float = 0.0,
         attn_drop: float = 0.0,
+        full_qkv_bias: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_impl, cos_attn, attn_drop, drop)
+        self.attn = Attention(
+            dim, num_heads, qkv_bias, attn_impl, cos_attn, attn_drop, drop, full_qkv_bias
+        )
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
@@ -220,9 +190,12 @@ class Block(nn.Module):
         self.mlp_adapter: nn.Module | None = None  # AdaptFormer hook: parallel to the MLP
 
     def forward(
-        self, x: torch.Tensor, extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        a = self.attn(self.norm1(x), extra_kv)
+        a = self.attn(self.norm1(x), extra_kv, rope)
         x = x + self.drop_path(a if self.gamma_1 is None else self.gamma_1 * a)
         m = self.mlp(self.norm2(x))
         m = m if self.gamma_2 is None else self.gamma_2 * m
@@ -345,8 +318,8 @@ class VisionTransformer(nn.Module):
         return min(first_kv, self.depth)
 
     # -- forward -------------------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> pooled, normalised features (B, D)."""
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> the last block's data tokens (B, N, D), before pooling."""
         frozen = self.no_grad_prefix() if torch.is_grad_enabled() else 0
         with torch.no_grad() if frozen else contextlib.nullcontext():
             x = self.patch_embed(x)  # (B, N, D)
@@ -355,27 +328,37 @@ class VisionTransformer(nn.Module):
         x = self._run_blocks(x, frozen, self.depth)
         if self.seq_prompts is not None:
             x = self.seq_prompts.drop(x)  # (B, N, D): the head sees data tokens only
-        return self.fc_norm(x.mean(dim=1))
+        return x
 
-    def _run_blocks(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) tokens -> the features the head takes (B, D): mean, then ``fc_norm``."""
+        return self.fc_norm(tokens.mean(dim=1))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> pooled, normalised features (B, D)."""
+        return self.pool_tokens(self.forward_tokens(x))
+
+    def _run_blocks(
+        self, x: torch.Tensor, start: int, end: int, rope: tuple | None = None
+    ) -> torch.Tensor:
         """Blocks ``start..end-1``, checkpointed but for the last: backward would recompute
         that one first, while every kept input is still alive, so it would lower no peak."""
         ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for i in range(start, end):
             if ckpt and i < end - 1:
                 # non-reentrant: restores the RNG (same dropout masks) and autocast state
-                x = checkpoint(self._block_step, x, i, use_reentrant=False)
+                x = checkpoint(self._block_step, x, i, rope, use_reentrant=False)
             else:
-                x = self._block_step(x, i)
+                x = self._block_step(x, i, rope)
         return x
 
-    def _block_step(self, x: torch.Tensor, i: int) -> torch.Tensor:
+    def _block_step(self, x: torch.Tensor, i: int, rope: tuple | None = None) -> torch.Tensor:
         """Block ``i`` with its method hooks: the unit that checkpointing recomputes, so
         VPT's inserted tokens and APT's prompts (and their dropout) are recomputed too."""
         if self.seq_prompts is not None:
             x = self.seq_prompts.insert(x, i)  # (B, P + N, D)
         extra = self.kv_prompts(i) if self.kv_prompts is not None else None
-        return self.blocks[i](x, extra)
+        return self.blocks[i](x, extra, rope)
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_dropout(feats))

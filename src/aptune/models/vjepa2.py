@@ -1,0 +1,157 @@
+"""Meta's V-JEPA 2 video encoders with aptune's method hooks and an attentive or linear head.
+
+The encoder: tubelet 2 x patch 16 embedding, pre-norm blocks with a fused ``qkv`` (bias on
+q, k and v), 3D rotary positions on q and k (``models/rope.py``; no absolute position
+table), exact GELU, LayerNorm eps 1e-6 and a final ``norm``. Parameter names are those of
+Meta's encoder files after ``module.backbone.`` (``patch_embed.proj``, ``blocks.N.attn.qkv``,
+``norm``), so they load without renaming.
+
+It is a :class:`VisionTransformer` in everything a tuning method sees: ``blocks`` with
+``attn.qkv_delta`` (LoRA) and ``mlp_adapter`` (AdaptFormer), ``kv_prompts`` (APT: prompt
+keys and values join after the rotation, unrotated and position-free), ``seq_prompts``
+(VPT: inserted tokens carry no position), ``depth``, ``head_dim``. Its head is
+``--head attentive`` (Meta's attentive classifier: ``pooler`` + ``head``) or
+``--head linear`` (mean of the tokens, ``fc_norm``, ``head``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from aptune.models.attentive_pooler import AttentivePooler
+from aptune.models.layers import PatchEmbed, init_weights
+from aptune.models.rope import rope_tables
+from aptune.models.sizes import VJEPA2_INPUT_SIZES, full_name, model_spec
+from aptune.models.vit import AttnImpl, Block, VisionTransformer, check_attn_impl
+
+HeadKind = Literal["attentive", "linear"]
+HEAD_KINDS: tuple[str, ...] = ("attentive", "linear")
+
+
+class VJepa2(VisionTransformer):
+    """V-JEPA 2 encoder + head: (B, 3, T, H, W) -> (B, classes).
+
+    ``pooler_heads`` / ``pooler_eps`` follow the checkpoint: Meta's probes use 16 heads and
+    LayerNorm eps 1e-5, Hugging Face's classifier the encoder's heads and eps 1e-6.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 256,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 400,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_frames: int = 16,
+        tubelet_size: int = 2,
+        head: HeadKind = "attentive",
+        pooler_heads: int = 16,
+        pooler_depth: int = 3,
+        pooler_eps: float = 1e-5,
+        fc_drop_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        init_scale: float = 0.001,
+        attn_impl: AttnImpl = "sdpa",
+        norm_eps: float = 1e-6,
+        use_checkpoint: bool = False,
+    ) -> None:
+        nn.Module.__init__(self)
+        check_attn_impl(attn_impl)
+        if head not in HEAD_KINDS:
+            raise ValueError(f"head must be one of {', '.join(HEAD_KINDS)}; got {head!r}")
+        self.num_classes, self.embed_dim, self.depth = num_classes, embed_dim, depth
+        self.num_heads, self.init_scale, self.cos_attn = num_heads, init_scale, False
+        self.num_frames, self.img_size, self.tubelet_size = num_frames, img_size, tubelet_size
+        self.head_kind: HeadKind = head
+        self.patch_embed = PatchEmbed(
+            img_size, patch_size, in_chans, embed_dim, num_frames, tubelet_size, fixed_grid=False
+        )
+        self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, True, rates[i], None, attn_impl, norm_eps,
+                  False, drop_rate, attn_drop_rate, full_qkv_bias=True)  # fmt: skip
+            for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.apply(init_weights)
+        self.pooler: AttentivePooler | None = None
+        self.fc_norm: nn.Module = nn.Identity()
+        if head == "attentive":
+            self.pooler = AttentivePooler(embed_dim, pooler_heads, pooler_depth, 4.0, pooler_eps)
+        else:
+            self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_dropout = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
+        self.kv_prompts: nn.Module | None = None
+        self.seq_prompts: nn.Module | None = None
+        self.tuning_configs: list[Any] = []
+        self.class_names: list[str] | None = None
+        self.run_config: dict[str, Any] | None = None
+        self.grad_checkpointing = use_checkpoint
+        self.reset_head(num_classes)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> the encoder's output tokens (B, N, D) after its final norm.
+
+        Rotary positions come from the input's own token grid, so any T (multiple of 2)
+        and H, W (multiples of 16) run, as in Meta's code.
+        """
+        grid = self.patch_embed.grid_of(x)
+        rope = rope_tables(grid, self.head_dim, x.device)
+        frozen = self.no_grad_prefix() if torch.is_grad_enabled() else 0
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            x = self.pos_drop(self.patch_embed(x))  # (B, N, D)
+            x = self._run_blocks(x, 0, frozen, rope)
+        x = self._run_blocks(x, frozen, self.depth, rope)
+        if self.seq_prompts is not None:
+            x = self.seq_prompts.drop(x)  # (B, N, D): data tokens only
+        return self.norm(x)
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, D): the attentive pooler, or the mean and ``fc_norm``.
+
+        Tokens of several clips of one video concatenated along N (Meta's multi-segment
+        evaluation) pool the same way.
+        """
+        if self.pooler is not None:
+            return self.pooler(tokens)
+        return self.fc_norm(tokens.mean(dim=1))
+
+
+def create_vjepa2(
+    name: str,
+    num_classes: int = 400,
+    num_frames: int = 16,
+    img_size: int | None = None,
+    tubelet_size: int = 2,
+    drop_path: float = 0.0,
+    fc_drop_rate: float = 0.0,
+    init_scale: float = 0.001,
+    attn_impl: AttnImpl = "sdpa",
+    drop: float = 0.0,
+    attn_drop_rate: float = 0.0,
+    head: HeadKind = "attentive",
+    **overrides: Any,
+) -> VJepa2:
+    """Build a named V-JEPA 2 encoder + head; ``img_size`` defaults to the size's crop
+    (256, or 384 for ``vjepa2_vit_giant_patch16_384``); ``overrides`` may change any
+    constructor argument (``pooler_heads``, ``pooler_eps``, ``norm_eps`` ...)."""
+    kw = {**model_spec(name), **overrides}
+    return VJepa2(
+        img_size=img_size or VJEPA2_INPUT_SIZES[full_name(name)], num_classes=num_classes,
+        num_frames=num_frames, tubelet_size=tubelet_size, drop_path_rate=drop_path,
+        drop_rate=drop, attn_drop_rate=attn_drop_rate, fc_drop_rate=fc_drop_rate,
+        init_scale=init_scale, attn_impl=attn_impl, head=head, **kw,
+    )  # fmt: skip
+
+
+__all__ = ["HEAD_KINDS", "VJepa2", "create_vjepa2"]
