@@ -1,0 +1,217 @@
+"""V-JEPA 2 in aptune: 3D RoPE, parity with transformers, every method's trainable set,
+prompts outside the rotary positions, named sizes on the meta device, checkpointing and
+bf16, and ``forward_tokens`` for VideoMAE.
+
+Tiny model: ``vjepa2_vit_nano_patch16_256`` (D 64, depth 2, heads 2, head dim 32) at
+4 frames x 32 px, a (2, 2, 2) grid of 8 tokens. The RoPE references below are written
+from the issue's formulas in fp64, independently of ``models/rope.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import aptune
+from aptune.models.rope import apply_rope, axis_dims, grid_positions, rope_tables, rotate_pairs
+from aptune.models.sizes import MLP_RATIOS, MODEL_SIZES
+from aptune.tuning.base import is_bias_or_norm
+
+NANO = "vjepa2_vit_nano_patch16_256"
+D, DEPTH, HEADS, C = 64, 2, 2, 4
+d = D // HEADS
+FRAMES, SIZE = 4, 32  # grid (2, 2, 2): 8 tokens
+X = torch.randn(2, 3, FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+Y = torch.tensor([0, 3])
+
+
+# -- references from the issue's formulas (fp64) --------------------------------------
+def ref_angles(grid: tuple[int, int, int], hd: int) -> torch.Tensor:
+    """(N, hd) angles: [time | height | width | rest 0], element i of a chunk uses
+    f[i % (c/2)], f_j = 10000 ** (-j / (c/2)); raster positions of the actual grid."""
+    T, H, W = grid
+    c = 2 * ((hd // 3) // 2)
+    half = c // 2
+    f = [10000.0 ** (-j / half) for j in range(half)]
+    out = torch.zeros(T * H * W, hd, dtype=torch.float64)
+    for n in range(T * H * W):
+        pos = (n // (H * W), (n % (H * W)) // W, n % W)
+        for axis, p in enumerate(pos):
+            for i in range(c):
+                out[n, axis * c + i] = p * f[i % half]
+    return out
+
+
+def ref_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """out = x cos + rot sin with rot[2m] = -x[2m+1], rot[2m+1] = x[2m] (fp64)."""
+    x = x.double()
+    rot = torch.empty_like(x)
+    rot[..., 0::2] = -x[..., 1::2]
+    rot[..., 1::2] = x[..., 0::2]
+    return x * angles.cos() + rot * angles.sin()
+
+
+def ref_attention(attn, x, grid, n_front=0, extra=None, rotate_extra=None):
+    """One V-JEPA 2 attention by hand (fp64): RoPE on the last N tokens of q and k only,
+    then the prompt keys/values appended unrotated (or rotated by ``rotate_extra`` angles,
+    the wrong rule, to show the test can tell)."""
+    B, L, _ = x.shape
+    h, hd = attn.num_heads, attn.head_dim
+    qkv = F.linear(x.double(), attn.qkv.weight.double(), attn.qkv.bias.double())
+    q, k, v = qkv.view(B, L, 3, h, hd).permute(2, 0, 3, 1, 4)  # (B, h, L, hd)
+    ang = ref_angles(grid, hd)
+    q = torch.cat([q[..., :n_front, :], ref_rope(q[..., n_front:, :], ang)], dim=-2)
+    k = torch.cat([k[..., :n_front, :], ref_rope(k[..., n_front:, :], ang)], dim=-2)
+    if extra is not None:
+        pk, pv = (t.double().expand(B, h, -1, hd) for t in extra)
+        if rotate_extra is not None:
+            pk = ref_rope(pk, rotate_extra)
+        k, v = torch.cat([k, pk], dim=-2), torch.cat([v, pv], dim=-2)
+    w = (q @ k.transpose(-1, -2) * hd**-0.5).softmax(-1)
+    out = (w @ v).transpose(1, 2).reshape(B, L, h * hd)
+    return F.linear(out, attn.proj.weight.double(), attn.proj.bias.double())
+
+
+def build(transfer_type: str = "linear", options: dict | None = None, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    kw = {"num_frames": FRAMES, "input_size": SIZE, **kw}
+    return aptune.build_model(
+        NANO, num_classes=C, transfer_type=transfer_type, **kw, **(options or {})
+    )
+
+
+# -- RoPE ------------------------------------------------------------------------------
+def test_axis_dims_from_the_head_dim():
+    assert axis_dims(64) == 20 and axis_dims(80) == 26
+    assert axis_dims(32) == 10 and axis_dims(88) == 28  # ViT-g: 1408 / 22 = 64 -> 20 too
+
+
+@pytest.mark.parametrize("hd", [32, 64, 80])
+def test_tables_are_the_tiled_frequencies_of_the_raster_grid(hd):
+    grid = (3, 4, 5)
+    cos, sin = rope_tables(grid, hd)
+    assert cos.shape == sin.shape == (60, hd) and cos.dtype == torch.float32
+    ang = ref_angles(grid, hd)
+    torch.testing.assert_close(cos.double(), ang.cos(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin.double(), ang.sin(), rtol=0, atol=1e-6)
+    c = axis_dims(hd)
+    # tiled, not interleaved: the second half of a chunk repeats the first half's angles
+    torch.testing.assert_close(sin[:, c // 2 : c], sin[:, : c // 2])
+    assert not torch.allclose(sin[:, 0:c:2], sin[:, 1:c:2])  # neighbours differ
+    # the rest of the head is unrotated
+    assert torch.equal(cos[:, 3 * c :], torch.ones(60, hd - 3 * c))
+    assert torch.equal(sin[:, 3 * c :], torch.zeros(60, hd - 3 * c))
+    # token 1 is (t, h, w) = (0, 0, 1): only the width chunk turns, by f_j
+    half = c // 2
+    f = torch.tensor([10000.0 ** (-j / half) for j in range(half)], dtype=torch.float64)
+    torch.testing.assert_close(sin[1, 2 * c : 3 * c].double(), f.repeat(2).sin(), atol=1e-6, rtol=0)
+    assert torch.equal(sin[1, : 2 * c], torch.zeros(2 * c))
+
+
+def test_pair_rotation_and_apply():
+    x = torch.arange(8.0)
+    assert rotate_pairs(x).tolist() == [-1.0, 0.0, -3.0, 2.0, -5.0, 4.0, -7.0, 6.0]
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 24, 64, generator=g)  # (B, h, N, d), grid (2, 3, 4)
+    cos, sin = rope_tables((2, 3, 4), 64)
+    torch.testing.assert_close(
+        apply_rope(q, cos, sin).double(), ref_rope(q, ref_angles((2, 3, 4), 64)), atol=1e-5, rtol=0
+    )
+    # tokens before the last N (VPT's) stay as they are
+    qp = torch.cat([torch.randn(2, 3, 5, 64, generator=g), q], dim=-2)
+    out = apply_rope(qp, cos, sin)
+    assert torch.equal(out[..., :5, :], qp[..., :5, :])
+    torch.testing.assert_close(out[..., 5:, :], apply_rope(q, cos, sin))
+
+
+def test_raster_positions():
+    t, h, w = grid_positions((2, 3, 4))
+    for n in range(24):
+        assert (t[n].item(), h[n].item(), w[n].item()) == (n // 12, (n % 12) // 4, n % 4)
+
+
+def test_positions_come_from_the_actual_input_grid(monkeypatch):
+    """A 2 x 48 x 64 input to a model built for 256 px: grid (1, 3, 4), raster order."""
+    m = aptune.build_model(NANO, num_classes=C, transfer_type="linear", num_frames=2).eval()
+    assert m.img_size == 256
+    seen = []
+    m.blocks[0].attn.register_forward_pre_hook(lambda mod, args: seen.append(args[2]))
+    x = torch.randn(1, 3, 2, 48, 64)
+    with torch.no_grad():
+        tokens = m.forward_tokens(x)
+        logits = m(x)
+    assert tokens.shape == (1, 12, D) and logits.shape == (1, C)
+    cos, sin = seen[0]
+    ang = ref_angles((1, 3, 4), d)
+    torch.testing.assert_close(cos.double(), ang.cos(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sin.double(), ang.sin(), atol=1e-6, rtol=0)
+
+
+def test_angles_in_fp32_under_bf16_autocast():
+    grid, hd = (8, 24, 24), 64  # ViT-g at 384 px, 16 frames: positions up to 23
+    ang = ref_angles(grid, hd)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cos, sin = rope_tables(grid, hd)
+        x = torch.randn(1, 2, cos.shape[0], hd).to(torch.bfloat16)
+        out = apply_rope(x, cos, sin)
+    assert cos.dtype == sin.dtype == torch.float32
+    assert (cos.double() - ang.cos()).abs().max() < 1e-5
+    assert (sin.double() - ang.sin()).abs().max() < 1e-5
+    # what bf16 angles would cost: far more than the fp32 tables' error
+    bf16_angles = ang.to(torch.bfloat16).float()
+    assert (bf16_angles.double().sin() - ang.sin()).abs().max() > 1e-2
+    assert out.dtype == torch.bfloat16
+    ref = ref_rope(x, ang)
+    # computed in fp32 and rounded once: within one bf16 rounding of the fp64 result
+    assert ((out.double() - ref).abs() <= ref.abs() * 2**-8 + 1e-6).all()
+
+
+# -- APT and VPT stay outside the rotary positions --------------------------------------
+def _block0_io(m, x):
+    got = {}
+
+    def pre(mod, args):
+        got["in"] = args[0].detach().clone()
+
+    def post(mod, args, out):
+        got["out"] = out.detach().clone()
+
+    h1 = m.blocks[0].attn.register_forward_pre_hook(pre)
+    h2 = m.blocks[0].attn.register_forward_hook(post)
+    with torch.no_grad():
+        m(x)
+    h1.remove()
+    h2.remove()
+    return got["in"], got["out"]
+
+
+def test_apt_prompts_join_after_rope_unrotated():
+    m = build("prompt", dict(prompt_num_tokens=3, prompt_reparam=True)).eval()
+    with torch.no_grad():  # prompts of a size that matters next to the data keys
+        m.kv_prompts.prompt_embeddings_k.normal_(0, 2.0)
+        m.kv_prompts.prompt_embeddings_v.normal_(0, 2.0)
+    x_in, out = _block0_io(m, X)
+    extra = m.kv_prompts(0)
+    expected = ref_attention(m.blocks[0].attn, x_in, (2, 2, 2), extra=extra)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    # the wrong rules give other numbers: prompts rotated as if they were the last
+    # three tokens, or no prompts at all
+    wrong = ref_attention(
+        m.blocks[0].attn, x_in, (2, 2, 2), extra=extra, rotate_extra=ref_angles((2, 2, 2), d)[-3:]
+    )
+    assert (wrong - expected).abs().max() > 1e-2
+    assert (ref_attention(m.blocks[0].attn, x_in, (2, 2, 2)) - expected).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("kind", ["vpt_shallow", "vpt_deep"])
+def test_vpt_tokens_carry_no_position(kind):
+    m = build(kind, dict(vpt_num_tokens=3)).eval()
+    with torch.no_grad():
+        m.seq_prompts.vpt_prompts.normal_(0, 1.0)
+    x_in, out = _block0_io(m, X)
+    assert x_in.shape == (2, 3 + 8, D)
+    expected = ref_attention(m.blocks[0].attn, x_in, (2, 2, 2), n_front=3)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
