@@ -9,8 +9,6 @@ from the issue's formulas in fp64, independently of ``models/rope.py``.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -215,3 +213,218 @@ def test_vpt_tokens_carry_no_position(kind):
     assert x_in.shape == (2, 3 + 8, D)
     expected = ref_attention(m.blocks[0].attn, x_in, (2, 2, 2), n_front=3)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+# -- every method's trainable set in closed form ------------------------------------------
+def encoder_count(D: int, L: int, hidden: int) -> int:
+    """patch_embed (tubelet conv 2x16x16 + bias) + L blocks + the final norm."""
+    block = 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (D * hidden + hidden)
+    block += hidden * D + D
+    return 3 * 2 * 16 * 16 * D + D + L * block + 2 * D
+
+
+def pooler_count(D: int, depth: int = 3) -> int:
+    """query + ``depth`` self-attention blocks (fused qkv, proj, MLP 4D) + the cross block
+    (q, kv, no output projection, MLP 4D)."""
+    self_block = 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + 8 * D * D + 5 * D
+    cross = 2 * D + (D * D + D) + (2 * D * D + 2 * D) + 2 * D + 8 * D * D + 5 * D
+    return D + depth * self_block + cross
+
+
+ENCODER = encoder_count(D, DEPTH, 4 * D)
+HEAD = pooler_count(D) + D * C + C  # attentive pooler + classifier: trained by every method
+P, R, A = 3, 4, 8  # prompt tokens, LoRA rank, adapter bottleneck
+APT = DEPTH * 2 * P * d + DEPTH * 2 * P  # Pk, Pv (L, P, d) + scales (L, 2, P)
+LORA_QV = DEPTH * 2 * R * (D + D)  # q and v slices of the fused qkv: A (r, D) + B (D, r) each
+LORA_ALL = DEPTH * R * (3 * (D + D) + (D + D) + (D + 4 * D) + (4 * D + D))
+ADAPTER = DEPTH * (D * A + A + A * D + D)
+# patch bias; per block norm1, qkv bias (q, k and v), proj, norm2, fc1, fc2; final norm
+BITFIT = D + DEPTH * (2 * D + 3 * D + D + 2 * D + 4 * D + D) + 2 * D
+APT_O = dict(prompt_num_tokens=P, prompt_reparam=True)
+VPT_O, ADA_O, LORA_O = dict(vpt_num_tokens=P), dict(adapter_dim=A), dict(lora_rank=R)
+CASES = [
+    # id, transfer_type, options, trainable count, untrained == frozen backbone
+    ("prompt", "prompt", APT_O, HEAD + APT, False),
+    ("prompt_block1", "prompt", dict(APT_O, prompt_start=1), HEAD + APT // 2, False),
+    ("vpt_shallow", "vpt_shallow", VPT_O, HEAD + P * D, False),
+    ("vpt_deep", "vpt_deep", VPT_O, HEAD + DEPTH * P * D, False),
+    ("adapter", "adapter", ADA_O, HEAD + ADAPTER, True),
+    ("lora", "lora", LORA_O, HEAD + LORA_QV, True),
+    ("lora_all", "lora", dict(lora_rank=R, lora_targets="all"), HEAD + LORA_ALL, True),
+    ("bitfit", "bitfit", {}, HEAD + BITFIT, True),
+    ("linear", "linear", {}, HEAD, True),
+    ("end2end", "end2end", {}, ENCODER + HEAD, True),
+    ("prompt+lora", "prompt+lora", dict(APT_O, lora_rank=R), HEAD + APT + LORA_QV, False),
+]  # fmt: skip
+
+
+def allowed(model, name: str, transfer_type: str) -> bool:
+    """Each method's trainable set by name: the attentive head always, then its own."""
+    if transfer_type == "end2end" or name.startswith(("pooler.", "head.")):
+        return True
+    prefixes = {"prompt": "prompt_", "vpt_shallow": "vpt_", "vpt_deep": "vpt_"}
+    prefixes.update(adapter="adapter_", lora="lora_")
+    for method in transfer_type.split("+"):
+        if method == "bitfit" and is_bias_or_norm(model, name):
+            return True
+        if method in prefixes and any(p.startswith(prefixes[method]) for p in name.split(".")):
+            return True
+    return False
+
+
+def test_closed_forms_match_the_named_sizes():
+    sizes = {}
+    for n, p in build().named_parameters():
+        part = n.split(".")[0]
+        sizes[part] = sizes.get(part, 0) + p.numel()
+    assert sizes["patch_embed"] + sizes["blocks"] + sizes["norm"] == ENCODER
+    assert sizes["pooler"] + sizes["head"] == HEAD
+    assert set(sizes) == {"patch_embed", "blocks", "norm", "pooler", "head"}
+    assert encoder_count(1024, 24, 4096) == 303_885_312
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_method_table(case):
+    _, transfer_type, options, count, same_at_init = case
+    m = build(transfer_type, options)
+    names = dict(m.named_parameters())
+    assert m.pooler is not None and m.head_kind == "attentive"
+    assert aptune.parameter_report(m).trainable == count
+    assert {k for k, p in names.items() if p.requires_grad} == {
+        k for k in names if allowed(m, k, transfer_type)
+    }
+    assert all(p.requires_grad for k, p in names.items() if k.startswith("pooler."))
+
+    # zero-init methods compute the frozen backbone's function; prompts do not
+    m.eval()
+    plain = build("linear")
+    own = m.state_dict()
+    plain.load_state_dict({k: own[k] for k in plain.state_dict()})
+    plain.eval()
+    with torch.no_grad():
+        out = m(X)
+        assert out.shape == (2, C)
+        assert torch.equal(out, plain(X)) == same_at_init
+
+    # three AdamW steps change exactly the trainable tensors
+    m.train()
+    before = {k: v.detach().clone() for k, v in names.items()}
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(m(X), Y).backward()
+        opt.step()
+    changed = {k for k, v in m.named_parameters() if not torch.equal(v, before[k])}
+    assert changed == {k for k, v in m.named_parameters() if v.requires_grad}
+
+
+def test_linear_head_option():
+    """``head="linear"``: mean of the tokens, fc_norm, Linear; no pooler."""
+    m = build("linear", head="linear").eval()
+    assert m.pooler is None
+    trainable = {k for k, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    assert aptune.parameter_report(m).trainable == 2 * D + D * C + C
+    with torch.no_grad():
+        torch.testing.assert_close(m(X), m.head(m.fc_norm(m.forward_tokens(X).mean(1))))
+    apt = build("prompt", APT_O, head="linear")
+    assert aptune.parameter_report(apt).trainable == 2 * D + D * C + C + APT
+
+
+def test_apt_trains_on_cpu():
+    """A short APT run on the tiny V-JEPA 2 lowers the loss of a fixed batch."""
+    m = build("prompt", dict(prompt_num_tokens=4, prompt_reparam=True), seed=3)
+    x = torch.randn(4, 3, FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 1, 2, 3])
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# -- named sizes on the meta device -----------------------------------------------------
+VJEPA2_NAMES = [n for n in MODEL_SIZES if n.startswith("vjepa2_")]
+
+
+@pytest.mark.parametrize("name", VJEPA2_NAMES)
+def test_every_named_size_builds_on_meta(name, capsys):
+    with torch.device("meta"):
+        m = aptune.build_model(name, num_classes=174, transfer_type="linear")
+    assert all(p.is_meta for p in m.parameters())
+    dim, depth, _ = MODEL_SIZES[name]
+    hidden = int(dim * MLP_RATIOS.get(name, 4.0))
+    encoder = sum(
+        p.numel()
+        for n, p in m.named_parameters()
+        if n.startswith(("patch_embed.", "blocks.", "norm."))
+    )
+    with capsys.disabled():
+        print(f"\n{name}: encoder {encoder:,} parameters (MLP hidden {hidden})")
+    assert encoder == encoder_count(dim, depth, hidden)
+    if name == "vjepa2_vit_large_patch16_256":
+        assert encoder == 303_885_312
+    if "giant" in name:
+        assert hidden == 6144
+    trainable = aptune.parameter_report(m).trainable
+    assert trainable == pooler_count(dim) + dim * 174 + 174
+
+
+# -- gradient checkpointing and bf16 ----------------------------------------------------
+@pytest.mark.parametrize("transfer_type", ["end2end", "prompt"])
+def test_use_checkpoint_same_outputs_and_gradients(transfer_type):
+    plain = build(transfer_type, seed=2)
+    ckpt = build(transfer_type, seed=7, use_checkpoint=True)
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.grad_checkpointing and not plain.grad_checkpointing
+    outs = []
+    for m in (plain, ckpt):
+        m.zero_grad()
+        out = m(X)
+        F.cross_entropy(out, Y).backward()
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-6)
+    grads = {n: p.grad for n, p in plain.named_parameters() if p.requires_grad}
+    for n, p in ckpt.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-7, msg=n)
+    assert "blocks.0.attn.qkv.weight" in grads or "kv_prompts.prompt_embeddings_k" in grads
+
+
+def test_bf16_autocast_forward_backward_close_to_fp32():
+    m = build("end2end", seed=4)
+    with torch.no_grad():  # a head whose logits are not all near zero
+        m.head.weight.normal_(0, 0.5)
+    ref_tokens = m.forward_tokens(X).detach()
+    m.zero_grad()
+    F.cross_entropy(m(X), Y).backward()
+    ref = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tokens = m.forward_tokens(X)
+        loss = F.cross_entropy(m(X), Y)
+    assert tokens.dtype == torch.bfloat16
+    loss.backward()
+    assert (tokens.float() - ref_tokens).abs().max() < 0.1
+    for n, p in m.named_parameters():
+        assert p.grad.dtype == torch.float32
+        cos = F.cosine_similarity(p.grad.flatten(), ref[n].flatten(), dim=0)
+        assert cos > 0.98, (n, cos.item())
+
+
+# -- forward_tokens for VideoMAE ------------------------------------------------------
+def test_videomae_forward_tokens_is_the_last_block_before_pooling():
+    torch.manual_seed(0)
+    m = aptune.build_model("vit_nano", num_classes=C, num_frames=FRAMES, input_size=SIZE).eval()
+    seen = []
+    m.blocks[-1].register_forward_hook(lambda mod, args, out: seen.append(out))
+    with torch.no_grad():
+        tokens = m.forward_tokens(X)
+        assert tokens.shape == (2, 8, 64)
+        assert torch.equal(tokens, seen[0])
+        torch.testing.assert_close(m.forward_features(X), m.fc_norm(tokens.mean(1)))
+        torch.testing.assert_close(m(X), m.head(m.fc_norm(tokens.mean(1))))
