@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from aptune.recipes import RECIPES, recipe_values
+from aptune.recipes import EVAL_PRESETS, RECIPES, preset_values, recipe_values
 
 DATA_SETS = ("Kinetics-400", "SSV2", "UCF101", "HMDB51", "image_folder")
 #: the reference parser's defaults for method options where they differ from the method's
@@ -51,11 +51,14 @@ class ModelOptions:
     """The backbone, how it is built, and which checkpoint it starts from."""
 
     model: str = option("vit_base_patch16_224",
-                     "backbone: vit_{nano,micro,tiny,small,base,large,huge}_patch16_224, "
-                     "vit_giant_patch14_224")
+                     "backbone: VideoMAE vit_{nano,micro,tiny,small,base,large,huge}_patch16_224, "
+                     "vit_giant_patch14_224; V-JEPA 2 vjepa2_vit_{large,huge,giant}_patch16_256, "
+                     "vjepa2_vit_giant_patch16_384 (vjepa2_vit_{nano,micro}_patch16_256: tiny "
+                     "test sizes)")
     transfer_type: str = option("prompt", "prompt (APT) | linear | end2end | random | "
                              "vpt_shallow | vpt_deep | adapter | lora | bitfit; combine with '+'")
-    input_size: int = option(224, "frame crop size in pixels")
+    input_size: int = option(224, "frame crop size in pixels (V-JEPA 2's crop is 256, 384 for "
+                          "vjepa2_vit_giant_patch16_384; --eval_preset sets it)")
     num_frames: int = option(16, "frames per clip")
     tubelet_size: int = option(2, "frames per patch token")
     fc_drop_rate: float = option(0.0, "dropout before the head")
@@ -64,6 +67,12 @@ class ModelOptions:
     attn_drop_rate: float = option(0.0, "dropout on the attention probabilities")
     drop_path: float = option(0.0, "stochastic depth rate")
     init_scale: float = option(0.001, "head init multiplier")
+    head: str = option("auto", "classifier on the encoder's tokens: attentive = Meta's attentive "
+                    "probe (V-JEPA 2 only); linear = mean pooling, LayerNorm, linear (VideoMAE's "
+                    "head); auto = attentive for V-JEPA 2, linear otherwise",
+                    choices=("auto", "attentive", "linear"))
+    head_checkpoint: str = option("", "Meta attentive-probe file (.pt with 'classifiers') to "
+                               "start the V-JEPA 2 head from")
     finetune: str = option("", "checkpoint to start from: VideoMAE v1/V2 .pth, reference APT "
                         ".pth, DeepSpeed folder, Hugging Face folder or Hub id (ORG/NAME[@REV], "
                         "hf://ORG/NAME), aptune .safetensors or run folder")
@@ -99,6 +108,17 @@ class DataOptions:
     short_side_size: int = option(224, "test: short side resize")
     test_num_segment: int = option(5, "test clips per video")
     test_num_crop: int = option(3, "test crops per clip")
+    segment_merge: str = option("auto", "how a test video's segments combine: softmax = mean of "
+                             "the softmax over every segment x crop view; tokens = per crop, the "
+                             "segments' tokens concatenated before the head (Meta's V-JEPA 2 "
+                             "evaluation), then the mean softmax over crops; auto = tokens for "
+                             "V-JEPA 2, softmax otherwise",
+                             choices=("auto", "softmax", "tokens"))
+    eval_preset: str = option("none", "Meta's V-JEPA 2 evaluation protocol: sets num_frames, "
+                           "sampling_rate, sampling dense, test_num_segment, test_num_crop, "
+                           "input_size, short_side_size (ssv2: 16x4, 2x3; k400: 16x4, 8x3; "
+                           "diving48: 32x2, 4x3; crop 256, 384 for the 384 giant); --config and "
+                           "flags override its values", choices=tuple(EVAL_PRESETS))
     is_aa: bool = option(False, "apply RandAugment (--aa)")
     aa: str = option("rand-m7-n4-mstd0.5-inc1", "timm RandAugment string")
     color_jitter: float = option(0.4, "parsed as in the reference, which never reads it")
@@ -147,7 +167,8 @@ class OptimOptions:
     weight_decay_end: float | None = option(None, "cosine weight decay target", type=float)
     lr: float = option(0.1, "base lr per 256 samples")
     layer_decay: float = option(1.0, "layer-wise lr decay (1.0: none)")
-    head_lr_scale: float = option(1.0, "lr multiplier for the classifier (fc_norm, head)")
+    head_lr_scale: float = option(1.0, "lr multiplier for the head (fc_norm, head; V-JEPA 2's "
+                               "attentive pooler)")
     warmup_lr: float | None = option(None, "lr at the start of warmup, per 256 samples (default: "
                                   "0, as the reference's schedule)", type=float)
     min_lr: float = option(1e-6, "lr at the end of the cosine")
@@ -245,11 +266,15 @@ class RunConfig:
     @classmethod
     def from_values(cls, values: dict[str, Any], where: str = "config") -> RunConfig:
         """A validated config from flat option values (section mappings are accepted too);
-        the ``recipe`` they name sets its values first, the given ones override them."""
+        the ``recipe`` they name sets its values first, the ``eval_preset`` its own over
+        them, the given ones override both."""
         flat = _flatten(values, where)
         recipe = flat.get("recipe", "reference")
+        preset = flat.get("eval_preset", "none")
+        model = _full_name(str(flat.get("model", ModelOptions.model)))
         try:
-            merged = {**recipe_values(recipe, f"{where}: recipe"), **flat}
+            merged = {**recipe_values(recipe, f"{where}: recipe"),
+                      **preset_values(preset, model, f"{where}: eval_preset"), **flat}
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         cfg = cls()
@@ -327,7 +352,19 @@ class RunConfig:
                  f"{j.save_ckpt_steps}")  # fmt: skip
         _require(j.dist_timeout > 0, f"--dist_timeout must be > 0 seconds, got {j.dist_timeout}")
         _require(len(d.crop_scale) == 2, f"--crop_scale needs two numbers, got {d.crop_scale}")
+        _check_head(m)
         return self
+
+    def head_kind(self) -> str | None:
+        """``--head`` as ``build_model`` takes it: None (auto: the family's own head)."""
+        return None if self.model.head == "auto" else self.model.head
+
+    def merges_tokens(self) -> bool:
+        """``--segment_merge`` resolved: True when test segments join as tokens."""
+        from aptune.models.sizes import is_vjepa2
+
+        merge = self.data.segment_merge
+        return merge == "tokens" or (merge == "auto" and is_vjepa2(self.model.model))
 
     # -- writing -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -415,6 +452,32 @@ def _as_field_type(section: str, name: str, value: Any, where: str = "config") -
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _check_head(m: ModelOptions) -> None:
+    """``--head attentive`` and ``--head_checkpoint`` exist for V-JEPA 2 only."""
+    from aptune.models.sizes import is_vjepa2
+
+    if is_vjepa2(m.model):
+        _require(not (m.head == "linear" and m.head_checkpoint),
+                 f"--head_checkpoint {m.head_checkpoint} is an attentive probe; drop it or use "
+                 "--head attentive")  # fmt: skip
+        return
+    _require(m.head != "attentive", f"--head attentive is for V-JEPA 2 models (vjepa2_*); "
+             f"{m.model} has VideoMAE's head: use --head linear or auto")  # fmt: skip
+    _require(not m.head_checkpoint, f"--head_checkpoint is for V-JEPA 2 models (vjepa2_*); "
+             f"{m.model} has VideoMAE's head: drop --head_checkpoint")  # fmt: skip
+
+
+def _full_name(model: str) -> str:
+    """The size table's name of ``model`` (``vit_base`` -> ``vit_base_patch16_224``); an
+    unknown name as given (validation names it)."""
+    from aptune.models.sizes import full_name
+
+    try:
+        return full_name(model)
+    except ValueError:
+        return model
 
 
 def _model_names() -> list[str]:

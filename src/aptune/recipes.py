@@ -54,6 +54,38 @@ INERT_FLAGS: dict[str, tuple[Any, str]] = {
 }
 
 
+#: Meta's V-JEPA 2 evaluation protocols (``--eval_preset``): name -> (num_frames,
+#: sampling_rate, test_num_segment, test_num_crop). Meta samples every protocol densely (a
+#: fixed frame step), so a preset also sets ``sampling dense``, SSv2 included.
+EVAL_PRESETS: dict[str, tuple[int, int, int, int] | None] = {
+    "none": None,
+    "vjepa2-ssv2": (16, 4, 2, 3),
+    "vjepa2-k400": (16, 4, 8, 3),
+    "vjepa2-diving48": (32, 2, 4, 3),
+}
+#: Meta's evaluation crop; the 384-pixel giant evaluates at its own pre-training crop
+PRESET_CROPS = {"vjepa2_vit_giant_patch16_384": 384}
+PRESET_CROP = 256
+
+
+def preset_values(name: str, model: str, where: str = "--eval_preset") -> dict[str, Any]:
+    """The flag values evaluation preset ``name`` sets for ``model`` (its full size name);
+    they lie over the recipe's and under a ``--config`` file's and the flags'."""
+    if name not in EVAL_PRESETS:
+        raise ValueError(f"{where} {name!r} is not a preset; choose one of "
+                         f"{', '.join(EVAL_PRESETS)}")  # fmt: skip
+    geometry = EVAL_PRESETS[name]
+    if geometry is None:
+        return {}
+    frames, step, segments, crops = geometry
+    crop = PRESET_CROPS.get(model, PRESET_CROP)
+    return {
+        "num_frames": frames, "sampling_rate": step, "sampling": "dense",
+        "test_num_segment": segments, "test_num_crop": crops,
+        "input_size": crop, "short_side_size": crop,
+    }  # fmt: skip
+
+
 def recipe_values(name: str, where: str = "--recipe") -> dict[str, Any]:
     """The flag values of recipe ``name``; a one-line error lists the recipes."""
     if name not in RECIPES:

@@ -14,6 +14,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--eval_data_path", default=None)
     e.add_argument("--test_num_segment", type=int, default=None)
     e.add_argument("--test_num_crop", type=int, default=None)
+    e.add_argument("--segment_merge", choices=["auto", "softmax", "tokens"], default=None,
+                   help="how a video's test segments combine (default: the run's)")
     e.add_argument("--batch_size", type=int, default=None)
     e.add_argument("--num_workers", type=int, default=None)
     e.add_argument("--output", default=None, help="folder for eval outputs (default: run)")
@@ -28,6 +30,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "eval_data_path": args.eval_data_path,
         "test_num_segment": args.test_num_segment,
         "test_num_crop": args.test_num_crop,
+        "segment_merge": args.segment_merge,
         "batch_size_val": args.batch_size,
         "num_workers": args.num_workers,
     }

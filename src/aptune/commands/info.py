@@ -30,7 +30,7 @@ def print_info(run: Path) -> None:
     model = build_model(
         m.model, num_classes=cfg.data.nb_classes, transfer_type=m.transfer_type,
         num_frames=m.num_frames, input_size=m.input_size, tubelet_size=m.tubelet_size,
-        **cfg.method_options(),
+        head=cfg.head_kind(), **cfg.method_options(),
     )  # fmt: skip
     print(parameter_report(model))
     metrics = run / "metrics.json"

@@ -21,6 +21,7 @@ from aptune.data.errors import DataError
 from aptune.data.lists import VideoEntry
 from aptune.engine.metrics import ViewMeans
 from aptune.engine.precision import Precision, inference_precision
+from aptune.engine.segment_merge import WholeVideos, forward_views, token_merge, videos_per_batch
 from aptune.engine.trained import TrainedRun, open_run
 
 from .timeline import (
@@ -52,19 +53,24 @@ def view_probs(
     precision: Precision | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """(N, C) mean softmax over the run's test views of each video (eval's rule)."""
+    """(N, C) mean softmax over the run's test views of each video (eval's rule, with
+    its ``--segment_merge``: whole videos per batch when segments join as tokens)."""
     c = trained.config
     entries = [VideoEntry(str(Path(v).resolve()), 0, i + 1) for i, v in enumerate(videos)]
     ds = VideoClipDataset("test", trained.data, entries, trained.class_names, source="predict")
     batch = batch_size or c.optim.batch_size_val
+    merge = token_merge(c)
+    if merge is not None:
+        ds, batch = WholeVideos(ds), videos_per_batch(batch, merge)
     loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
     precision = precision or inference_precision(trained.device)
     means = ViewMeans(len(videos), c.data.nb_classes)
     with torch.no_grad():
         for batch in tqdm(loader, desc="predict", leave=False, disable=None if progress else True):
             with precision.autocast():
-                logits = trained.model(batch.clips.to(trained.device))
-            means.add(logits, batch.video_index)
+                logits, video_index, _, _ = forward_views(trained.model, batch,
+                                                          trained.device, merge)  # fmt: skip
+            means.add(logits, video_index)
     return means.means()
 
 

@@ -34,6 +34,7 @@ from aptune.engine.mixup import VideoMixup, soft_target_cross_entropy
 from aptune.engine.optim import ModelEma, build_optimizer, cosine_schedule, scaled_lr
 from aptune.engine.precision import build_scaler, run_precision
 from aptune.engine.preempt import ignore_in_workers
+from aptune.engine.segment_merge import TokenMerge, WholeVideos, videos_per_batch
 from aptune.models.vit import VisionTransformer
 from aptune.recipes import mixup_active
 
@@ -275,6 +276,8 @@ def build_run_model(cfg: RunConfig, info: DistInfo) -> VisionTransformer:
         # auto is decided by engine.speed once the run's device and dtype are known
         attn_impl="sdpa" if cfg.model.attn_impl == "auto" else cfg.model.attn_impl,
         cos_attn=cfg.model.cos_attn or None,  # None: on when the checkpoint has V2's attn.scale
+        head=cfg.head_kind(),
+        head_checkpoint=cfg.model.head_checkpoint or None,
         **cfg.method_options(),
     )
     return model.to(info.device)
@@ -395,6 +398,20 @@ def run_loader(
     return EpochLoader(dataset, info, train, seed=cfg.job.seed, batch_size=batch,
                        num_workers=workers, pin_mem=cfg.data.pin_mem,
                        persistent=persistent)  # fmt: skip
+
+
+def test_loader(
+    dataset, cfg: RunConfig, info: DistInfo, merge: TokenMerge | None
+) -> EpochLoader:
+    """The test split's loader: one view per item, or with ``merge`` one whole video per
+    item (a sampler then never splits a video) and ``--batch_size_val`` clips' worth of
+    videos per batch."""
+    if merge is None:
+        return run_loader(dataset, cfg, info, train=False)
+    return EpochLoader(WholeVideos(dataset), info, False, seed=cfg.job.seed,
+                       batch_size=videos_per_batch(cfg.optim.batch_size_val, merge),
+                       num_workers=loader_workers(cfg.data.num_workers),
+                       pin_mem=cfg.data.pin_mem, persistent=False)  # fmt: skip
 
 
 def run_dir(output_dir: str) -> Path:

@@ -34,6 +34,7 @@ from aptune.engine.distributed import DistInfo, all_reduce_mean, unwrap
 from aptune.engine.metrics import ViewRecords, view_probs
 from aptune.engine.optim import apply_schedules, clip_gradients
 from aptune.engine.precision import Precision, resolve_precision
+from aptune.engine.segment_merge import TokenMerge, forward_views
 
 #: optimiser steps between two reads of the loss and gradient norm (``--log_every``): a
 #: read costs at most the overlap of one step, so 1/100 of a step or less
@@ -275,19 +276,19 @@ def predict_views(
     precision: Precision,
     progress: bool = True,
     desc: str = "eval",
+    merge: TokenMerge | None = None,
 ) -> ViewRecords:
-    """Softmax of every view this process sees, keyed by (video, view)."""
+    """Softmax of every view this process sees, keyed by (video, view); with ``merge``
+    (whole videos per item) of every crop, its segments joined as tokens."""
     model.eval()
     records = ViewRecords()
     total = len(loader) if hasattr(loader, "__len__") else None
     for batch in tqdm(loader, total=total, desc=desc, disable=not (progress and info.is_main),
                       leave=False):  # fmt: skip
-        clips = batch.clips.to(info.device, non_blocking=True)
         with precision.autocast():
-            logits = model(clips)
+            logits, videos, views, labels = forward_views(model, batch, info.device, merge)
         probs = view_probs(logits).cpu().numpy()
-        records.add(batch.video_index.tolist(), batch.view_index.tolist(),
-                    batch.labels.tolist(), probs)  # fmt: skip
+        records.add(videos.tolist(), views.tolist(), labels.tolist(), probs)
     return records
 
 

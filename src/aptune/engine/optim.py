@@ -8,7 +8,7 @@ The behaviour to match is the reference's (VideoMAE ``optim_factory`` + ``utils`
   included;
 * layer-wise lr decay: ``lr_scale = layer_decay ** (num_layers + 1 - layer_id)``, with
   ``patch_embed`` at layer 0, ``blocks.i`` at ``i + 1`` and everything else (head,
-  ``fc_norm``, ``kv_prompts``) at ``num_layers + 1`` (scale 1);
+  ``fc_norm``, ``pooler``, ``kv_prompts``) at ``num_layers + 1`` (scale 1);
 * ``lr`` is given per 256 samples and scaled by the caller with :func:`scaled_lr`;
 * per-iteration schedules: linear warmup, then half a cosine down to the final value;
   the engine writes ``lr * lr_scale`` into every group each step (:func:`apply_schedules`).
@@ -33,6 +33,7 @@ from torch import nn
 
 from aptune.config import ConfigError
 from aptune.engine.distributed import unwrap
+from aptune.tuning.base import HEAD_PREFIXES
 
 log = logging.getLogger("aptune")
 
@@ -41,9 +42,6 @@ NO_DECAY_NAMES = ("pos_embed", "cls_token")
 #: names assigned to layer 0 (the input side) in layer decay
 EMBED_NAMES = ("patch_embed", "pos_embed", "cls_token", "mask_token")
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum")
-
-
-HEAD_PREFIXES = ("fc_norm.", "head.")  # the classifier on top of the pooled features
 
 
 def num_layers_of(model: nn.Module) -> int:
@@ -86,7 +84,8 @@ def param_groups(
     ``name`` such as ``layer_3_decay`` (``decay`` / ``no_decay`` without layer decay) for
     logs. Groups appear in the order their first parameter does in ``named_parameters``,
     so the optimiser state layout is stable across runs of the same model.
-    ``head_lr_scale`` != 1 puts the classifier (``fc_norm``, ``head``) in groups of its own
+    ``head_lr_scale`` != 1 puts the head (``fc_norm``, ``head``, V-JEPA 2's attentive
+    ``pooler``) in groups of its own
     (``..._head``) whose ``lr_scale`` is multiplied by it: a PEFT method's few new tensors
     often want a far larger lr than the linear head on top of them.
     """

@@ -51,26 +51,31 @@ from aptune.engine.loop import (
 from aptune.engine.metrics import EvalResult, evaluate_probs, merge_views, write_predictions
 from aptune.engine.run_lock import hold_run_lock
 from aptune.engine.run_outputs import RunLogger, write_final_reports
+from aptune.engine.segment_merge import TokenMerge, token_merge
 from aptune.engine.speed import prepare_model_for_speed
 from aptune.models.vit import VisionTransformer
 from aptune.recipes import inert_flag_notes, recipe_summary
+from aptune.sharing.adapter_load import adapter_source, read_adapter
 from aptune.tuning import parameter_report
 
 log = logging.getLogger("aptune")
 
 
 def evaluate_split(
-    model, loader, info: DistInfo, precision: Precision, cfg, desc: str
-) -> EvalResult | None:
+    model, loader, info: DistInfo, precision: Precision, cfg, desc: str,
+    merge: TokenMerge | None = None,
+) -> EvalResult | None:  # fmt: skip
     """Evaluate every rank's shard (the loader's ``DistributedSampler`` under DDP: no rank
     waits through another's whole pass) and merge on rank 0, where the sampler's padded
-    duplicates collapse by (video, view); None on the other ranks."""
+    duplicates collapse by (video, view); None on the other ranks. ``merge``: the loader
+    yields whole videos whose segments join as tokens (keys are (video, crop))."""
     net = unwrap(model)
-    mine = predict_views(net, loader, info, precision, not cfg.job.no_progress, desc)
+    mine = predict_views(net, loader, info, precision, not cfg.job.no_progress, desc, merge)
     records = all_gather_objects(mine, info)
     if not info.is_main:
         return None
     ids, probs, labels, views = merge_views(records)
+    views = views * merge.segments if merge is not None else views  # clips seen per video
     return evaluate_probs(ids, probs, labels, views, cfg.data.nb_classes)
 
 
@@ -225,7 +230,9 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
             else "in the data loading workers",
         )
     # training and validation keep their workers across epochs; the test runs once
-    loaders = {s: T.run_loader(d, cfg, info, train=s == "train", persistent=s != "test")
+    merge = token_merge(cfg)
+    loaders = {s: T.test_loader(d, cfg, info, merge) if s == "test" else
+               T.run_loader(d, cfg, info, train=s == "train", persistent=True)
                for s, d in datasets.items()}  # fmt: skip
     resumed = _resume(cfg, model, ts, out, info)
     logger = RunLogger(out, cfg.job.log_dir, info.is_main, resumed.epoch)
@@ -252,7 +259,7 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
                end_epoch, opts, resumed, {"best": best}, evaluate)["best"]  # fmt: skip
     result = {"best_val": best, "train_time_s": round(time.perf_counter() - started, 2)}
     result.update(_notes(cfg, warning, excluded))
-    test = evaluate_split(ddp_model, loaders["test"], info, precision, cfg, "test")
+    test = evaluate_split(ddp_model, loaders["test"], info, precision, cfg, "test", merge)
     if test is not None:
         ds = datasets["test"]
         write_predictions(test, out / "predictions.jsonl", ds.video_paths, ds.class_names)
@@ -316,12 +323,18 @@ def load_trained_model(
     run: Path, which: str, info: DistInfo, overrides: dict | None = None
 ) -> tuple[RunConfig, VisionTransformer]:
     """The run's config (with ``overrides`` by flag name) and its model with the trained
-    weights, in eval mode on ``info.device``."""
-    cfg, ckpt = run_checkpoint(run, which)
+    weights, in eval mode on ``info.device``; ``run`` may also be an adapter folder or the
+    Hub id of one (``aptune export --format adapter``, ``aptune push``)."""
+    adapter = adapter_source(run)  # an exported adapter (folder or Hub id) reads as a run
+    if adapter is not None:
+        spec = read_adapter(adapter)  # its base found and checked
+        cfg, ckpt = spec.config, spec.weights
+    else:
+        cfg, ckpt = run_checkpoint(run, which)
     # the decode cache is a training speed-up; eval/predict read each video once anyway
     cfg = cfg.replace(decode_cache=None, **(overrides or {}))
     model = T.build_run_model(cfg, info)
-    loaded = load_model_weights(ckpt / "model.safetensors", model)
+    loaded = load_model_weights(ckpt, model)  # a checkpoint folder or an adapter's file
     if not cfg.model.finetune and len(loaded) < len(model.state_dict()):
         log.warning(
             "%s: a %s run without --finetune saved only its trainable tensors (before aptune "
@@ -336,10 +349,11 @@ def load_trained_model(
 def _test_all_views(cfg: RunConfig, model, info: DistInfo):
     """(result on rank 0 or None, test dataset): every test view of the run's test list."""
     ds = T.build_datasets(cfg, ("test",))["test"]
-    loader = T.run_loader(ds, cfg, info, train=False)
+    merge = token_merge(cfg)
+    loader = T.test_loader(ds, cfg, info, merge)
     precision = T.run_precision(cfg, info.device)
     model = prepare_model_for_speed(model, cfg, info, precision, train=False)
-    return evaluate_split(model, loader, info, precision, cfg, "test"), ds
+    return evaluate_split(model, loader, info, precision, cfg, "test", merge), ds
 
 
 def evaluate_run(
@@ -354,6 +368,8 @@ def evaluate_run(
         res, ds = _test_all_views(cfg, model, info)
         if res is None:
             return {}
+        if output is None and not Path(run).is_dir():
+            raise ConfigError(f"{run} is a Hub adapter: give --output DIR for the results")
         out = Path(output) if output is not None else Path(run)
         out.mkdir(parents=True, exist_ok=True)
         write_predictions(res, out / "eval_predictions.jsonl", ds.video_paths, ds.class_names)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aptune.config import ConfigError
+from aptune.models.sizes import is_vjepa2
 
 MASK_TYPES = ("tube", "random")
 DECODERS = ("auto", "pyav", "decord", "frames")
@@ -88,6 +89,10 @@ class PretrainConfig:
         for name in POSITIVE:
             check_positive(name, getattr(self, name))
         check_mask_ratio(self.mask_ratio)
+        if is_vjepa2(self.model):
+            raise ConfigError(f"--model {self.model}: aptune pretrain trains VideoMAE encoders "
+                              "(masked pixels); V-JEPA 2 encoders come pre-trained from Meta "
+                              "(aptune train --model vjepa2_... --finetune FILE)")
         for name, value, allowed in (("mask_type", self.mask_type, MASK_TYPES),
                                      ("decoder", self.decoder, DECODERS)):  # fmt: skip
             if value not in allowed:

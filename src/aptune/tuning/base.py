@@ -16,8 +16,9 @@ from torch import nn
 
 from aptune.models.vit import VisionTransformer
 
-#: Parameters of the pooled norm and classifier: trained by every method.
-HEAD_PREFIXES = ("fc_norm.", "head.")
+#: Parameters of the head on the encoder's tokens, trained by every method: the pooled
+#: norm and classifier, and V-JEPA 2's attentive pooler.
+HEAD_PREFIXES = ("fc_norm.", "head.", "pooler.")
 
 
 class TuningConfigError(ValueError):

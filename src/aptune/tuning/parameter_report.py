@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from aptune.tuning.base import HEAD_PREFIXES
+
 #: dotted-name component prefix -> group label
 _GROUPS = (
     ("prompt_", "apt prompts"),
@@ -15,12 +17,17 @@ _GROUPS = (
 )
 
 
-def group_of(name: str) -> str:
+#: the head's row: VideoMAE's (and V-JEPA 2's linear) head, or the attentive one
+LINEAR_HEAD = "head (fc_norm + head)"
+ATTENTIVE_HEAD = "head (pooler + head)"
+
+
+def group_of(name: str, head_label: str = LINEAR_HEAD) -> str:
     for prefix, label in _GROUPS:
         if any(part.startswith(prefix) for part in name.split(".")):
             return label
-    if name.startswith(("head.", "fc_norm.")):
-        return "head (fc_norm + head)"
+    if name.startswith(HEAD_PREFIXES):
+        return head_label
     return "backbone"
 
 
@@ -60,10 +67,11 @@ class ParameterReport:
 
 def parameter_report(model: nn.Module) -> ParameterReport:
     report = ParameterReport()
+    head = ATTENTIVE_HEAD if getattr(model, "pooler", None) is not None else LINEAR_HEAD
     for name, param in model.named_parameters():
         n = param.numel()
         t = n if param.requires_grad else 0
-        label = group_of(name)
+        label = group_of(name, head)
         old_t, old_n = report.groups.get(label, (0, 0))
         report.groups[label] = (old_t + t, old_n + n)
         report.total += n
