@@ -119,3 +119,72 @@ def test_every_option_is_in_exactly_one_section_and_has_help():
     names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
     assert len(names) == len(set(names))
     assert all(f.metadata.get("help") for cls in SECTIONS.values() for f in dataclasses.fields(cls))
+
+
+# -- V-JEPA 2: heads, evaluation presets, segment merging ------------------------------
+VJ = "vjepa2_vit_nano_patch16_256"
+
+
+def test_eval_preset_fills_meta_protocols_for_the_model():
+    ssv2 = parse(["--model", VJ, "--eval_preset", "vjepa2-ssv2"])
+    assert (ssv2.model.num_frames, ssv2.data.sampling_rate, ssv2.data.test_num_segment,
+            ssv2.data.test_num_crop, ssv2.model.input_size, ssv2.data.short_side_size,
+            ssv2.data.sampling) == (16, 4, 2, 3, 256, 256, "dense")  # fmt: skip
+    k400 = parse(["--model", VJ, "--eval_preset", "vjepa2-k400"])
+    k400_views = (k400.model.num_frames, k400.data.test_num_segment, k400.data.test_num_crop)
+    assert k400_views == (16, 8, 3)
+    dive = parse(["--model", "vjepa2_vit_giant_patch16_384", "--eval_preset", "vjepa2-diving48"])
+    assert (dive.model.num_frames, dive.data.sampling_rate, dive.data.test_num_segment,
+            dive.model.input_size, dive.data.short_side_size) == (32, 2, 4, 384, 384)  # fmt: skip
+    assert parse(["--model", VJ, "--eval_preset", "vjepa2-diving48"]).model.input_size == 256
+
+
+def test_eval_preset_lies_over_the_recipe_and_under_config_and_flags(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text(yaml.safe_dump({"eval_preset": "vjepa2-k400", "test_num_crop": 1}))
+    a = parse(["--model", VJ, "--recipe", "videomae-finetune", "--config", str(file),
+               "--num_frames", "8"])  # fmt: skip
+    assert a.model.num_frames == 8  # the flag
+    assert a.data.test_num_crop == 1  # the file
+    assert a.data.test_num_segment == 8 and a.model.input_size == 256  # the preset
+    assert a.optim.opt == "adamw"  # the recipe
+    saved = RunConfig.from_yaml(save_config(a, tmp_path / "out"))
+    assert saved.to_dict() == a.to_dict()  # a run's config.yaml reads back unchanged
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--head", "attentive"], "--head attentive is for V-JEPA 2 models"),
+        (["--head_checkpoint", "probe.pt"], "--head_checkpoint is for V-JEPA 2 models"),
+        (["--model", VJ, "--head", "linear", "--head_checkpoint", "p.pt"], "--head attentive"),
+        (["--model", VJ, "--cos_attn"], "--cos_attn is VideoMAE V2's"),
+        (["--eval_preset", "vjepa2-ucf"], "invalid choice"),
+    ],
+)
+def test_head_options_refuse_what_cannot_work(argv, message, capsys):
+    with pytest.raises((ConfigError, SystemExit)) as err:
+        parse(argv)
+    text = str(err.value) if err.type is ConfigError else capsys.readouterr().err
+    assert message in text and "\n" not in str(err.value)
+
+
+def test_head_reaches_build_model():
+    cfg = RunConfig.from_values({"model": VJ, "head": "linear", "nb_classes": 3,
+                                 "num_frames": 4, "input_size": 32})  # fmt: skip
+    net = T.build_run_model(cfg, DistInfo())
+    assert net.head_kind == "linear" and net.pooler is None
+    auto = T.build_run_model(cfg.replace(head="auto"), DistInfo())
+    assert auto.head_kind == "attentive" and auto.pooler is not None
+    video = RunConfig.from_values({"model": "vit_nano", "head": "linear", "nb_classes": 3,
+                                   "num_frames": 4, "input_size": 32})  # fmt: skip
+    assert T.build_run_model(video, DistInfo()).head.out_features == 3
+
+
+def test_model_help_lists_the_vjepa2_names(capsys):
+    with pytest.raises(SystemExit):
+        build_train_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for flag in ("vjepa2_vit_{large,huge,giant}_patch16_256", "--segment_merge", "--eval_preset",
+                 "--head_checkpoint"):  # fmt: skip
+        assert flag in out.replace("\n", " ").replace("  ", ""), flag

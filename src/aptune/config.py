@@ -455,10 +455,13 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _check_head(m: ModelOptions) -> None:
-    """``--head attentive`` and ``--head_checkpoint`` exist for V-JEPA 2 only."""
+    """``--head attentive`` and ``--head_checkpoint`` exist for V-JEPA 2 only, and
+    ``--cos_attn`` for VideoMAE only."""
     from aptune.models.sizes import is_vjepa2
 
     if is_vjepa2(m.model):
+        _require(not m.cos_attn, f"--cos_attn is VideoMAE V2's cosine attention; {m.model} "
+                 "uses scaled dot-product attention: drop --cos_attn")  # fmt: skip
         _require(not (m.head == "linear" and m.head_checkpoint),
                  f"--head_checkpoint {m.head_checkpoint} is an attentive probe; drop it or use "
                  "--head attentive")  # fmt: skip
