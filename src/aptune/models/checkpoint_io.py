@@ -209,6 +209,11 @@ def _select_state_dict(obj: Any, path: Path, model_key: str) -> tuple[dict, str 
             return obj[key], key
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, None
+    if "target_encoder" in obj or "ema_encoder" in obj:
+        raise checkpoint_error(
+            path, "a V-JEPA 2 pre-training file (target_encoder); build it with a vjepa2_* "
+            "model name (e.g. --model vjepa2_vit_large_patch16_256)"
+        )  # fmt: skip
     top = ", ".join(list(map(str, obj))[:8])
     raise checkpoint_error(
         path,

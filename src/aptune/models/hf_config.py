@@ -65,6 +65,11 @@ def read_hf_config(folder: str | Path) -> dict[str, Any]:
             f"({raw.get('model_type')!r}), not a transformers VideoMAE; pass a .pth of V2's "
             "model zoo instead (docs/checkpoints.md)"
         )
+    if raw.get("model_type") == "vjepa2":
+        raise CheckpointError(
+            f"{cfg_file}: a Hugging Face V-JEPA 2 model; build it with a vjepa2_* model name "
+            "(e.g. --model vjepa2_vit_large_patch16_256)"
+        )
     if raw.get("model_type", "videomae") != "videomae":
         raise CheckpointError(
             f"{cfg_file}: a Hugging Face {raw.get('model_type')!r} model, not VideoMAE; "
