@@ -26,11 +26,13 @@ ALLOWED: dict[str, set[str]] = {
     "recipes": set(),
     "build": {"models", "tuning", "data"},
     "config": {"models", "tuning", "data", "build", "recipes"},
-    "engine": {"models", "tuning", "data", "build", "config", "recipes"},
-    "pretrain": {"models", "tuning", "data", "build", "config", "recipes", "engine"},
-    "commands": {"models", "tuning", "data", "build", "config", "recipes", "engine", "pretrain"},
+    "sharing": {"models", "tuning", "data", "build", "config", "recipes"},
+    "engine": {"models", "tuning", "data", "build", "config", "recipes", "sharing"},
+    "pretrain": {"models", "tuning", "data", "build", "config", "recipes", "engine", "sharing"},
+    "commands": {"models", "tuning", "data", "build", "config", "recipes", "engine", "pretrain",
+                 "sharing"},
     "cli": {"models", "tuning", "data", "build", "config", "recipes", "engine", "pretrain",
-            "commands"},
+            "commands", "sharing"},
 }
 
 

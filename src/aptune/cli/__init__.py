@@ -63,10 +63,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from aptune.engine.distributed import DistTimeoutError
     from aptune.engine.integrity import IntegrityError
     from aptune.models.checkpoint_io import CheckpointError
+    from aptune.sharing.errors import SharingError
     from aptune.tuning import TuningConfigError
 
     return (ConfigError, DataError, CheckpointError, TuningConfigError, ResumeError,
-            NonFiniteLossError, ExportError, DistTimeoutError, IntegrityError)  # fmt: skip
+            NonFiniteLossError, ExportError, DistTimeoutError, IntegrityError,
+            SharingError)  # fmt: skip
 
 
 def main(argv: list[str] | None = None, train_prog: str = "aptune train") -> int:

@@ -364,12 +364,12 @@ def evaluate_run(
     (default: the run folder)."""
     info = init_distributed("auto")
     try:
+        if output is None and not Path(run).is_dir():
+            raise ConfigError(f"{run}: not a local folder (a Hub adapter?); give --output DIR")
         cfg, model = load_trained_model(run, which, info, overrides)
         res, ds = _test_all_views(cfg, model, info)
         if res is None:
             return {}
-        if output is None and not Path(run).is_dir():
-            raise ConfigError(f"{run} is a Hub adapter: give --output DIR for the results")
         out = Path(output) if output is not None else Path(run)
         out.mkdir(parents=True, exist_ok=True)
         write_predictions(res, out / "eval_predictions.jsonl", ds.video_paths, ds.class_names)
