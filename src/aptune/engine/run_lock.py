@@ -284,10 +284,31 @@ class RunLock:
         )
 
 
+def check_not_running(folder: Path | str, what: str) -> None:
+    """``RunLockedError`` while a live run holds ``folder``'s lock; takes nothing (export,
+    push: a run still training has no final checkpoint to share). ``what`` names the job."""
+    lock = RunLock(folder)
+    try:
+        fd = os.open(lock.path, os.O_RDONLY)
+    except OSError:  # no lock file: nobody trains here
+        return
+    try:
+        held = _flock(fd) is False  # closing fd drops the flock we may have taken
+    finally:
+        os.close(fd)
+    holder = lock._read()
+    if held or not lock._stale(holder):
+        raise RunLockedError(
+            f"{lock.folder} is still being trained by pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')} (heartbeat {lock._ago(holder)}); {what} once it has "
+            "finished"
+        )
+
+
 def hold_run_lock(folder: Path | str, enabled: bool = True) -> contextlib.AbstractContextManager:
     """The run folder's lock for rank 0 (``enabled``); nothing for the other ranks."""
     return RunLock(folder) if enabled else contextlib.nullcontext()
 
 
 __all__ = ["HEARTBEAT_S", "LOCK_NAME", "STALE_AFTER_S", "RunLock", "RunLockedError",
-           "hold_run_lock"]  # fmt: skip
+           "check_not_running", "hold_run_lock"]  # fmt: skip

@@ -22,6 +22,7 @@ from aptune.engine.builders import data_config
 from aptune.engine.distributed import DistInfo
 from aptune.engine.run import load_trained_model
 from aptune.models.vit import VisionTransformer
+from aptune.sharing.adapter_load import adapter_source, read_adapter_checkpoint
 
 log = logging.getLogger("aptune")
 WHICH = ("best", "last")
@@ -78,11 +79,21 @@ def open_run(
     overrides: dict | None = None,
 ) -> TrainedRun:
     """Rebuild a run's model with its trained weights; ``overrides`` replace config flags
-    (e.g. ``{"test_num_crop": 1}``) before the model and data options are derived."""
+    (e.g. ``{"test_num_crop": 1}``) before the model and data options are derived.
+
+    ``run`` may also be an adapter folder (``aptune export --format adapter``) or its Hub id
+    (``ORG/NAME``, ``ORG/NAME@REV``, ``hf://ORG/NAME``): it holds one checkpoint, its own."""
+    adapter = adapter_source(run)  # a Hub id becomes its cached snapshot folder
+    if adapter is not None:
+        run, which = adapter, read_adapter_checkpoint(adapter)
     run = Path(run)
     if not run.is_dir():
-        raise ConfigError(f"{run}: no such run folder; give the output_dir of an aptune train run")
-    which = resolve_which(run, which)
+        raise ConfigError(
+            f"{run}: no such run folder; give the output_dir of an aptune train run, an "
+            "adapter folder or its Hub id (ORG/NAME)"
+        )
+    if adapter is None:
+        which = resolve_which(run, which)
     dev = torch.device(device) if device is not None else default_device()
     cfg, model = load_trained_model(run, which, DistInfo(device=dev), overrides)
     model.eval()
@@ -102,6 +113,10 @@ def load_run(
     ``model.class_names`` and ``model.run_config`` (the run's flags as a dict) are attached.
     Use ``aptune predict`` (or ``VideoClipDataset`` with the run's data options) to turn video
     files into the clips the run was trained on.
+
+    ``run_dir`` may also be an adapter folder or the Hub id of one (``"ORG/NAME"``,
+    ``"ORG/NAME@REV"``, ``"hf://ORG/NAME"``, from the Hub cache and offline once cached):
+    its base model is fetched as recorded and checked, then the adapter's tensors loaded.
     """
     trained = open_run(run_dir, which, device)
     model = trained.model

@@ -119,6 +119,11 @@ def _check_methods(cfg: dict, path: Path) -> None:
         )
 
 
+def read_adapter_checkpoint(folder: Path) -> str:
+    """Which checkpoint of its run the adapter holds (``best`` or ``last``)."""
+    return str(_read_config(Path(folder)).get("checkpoint", "best"))
+
+
 def read_adapter(folder: Path) -> AdapterSpec:
     """The adapter's run config (its base found and verified) and weights file."""
     folder = Path(folder)
@@ -141,4 +146,11 @@ def read_adapter(folder: Path) -> AdapterSpec:
     return AdapterSpec(folder, run_cfg, weights, names, str(cfg.get("checkpoint", "best")))
 
 
-__all__ = ["ADAPTER_FILES", "AdapterSpec", "adapter_source", "fetch_adapter", "read_adapter"]
+__all__ = [
+    "ADAPTER_FILES",
+    "AdapterSpec",
+    "adapter_source",
+    "fetch_adapter",
+    "read_adapter",
+    "read_adapter_checkpoint",
+]
