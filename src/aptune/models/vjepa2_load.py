@@ -70,6 +70,8 @@ def _select(obj: Any, file: Path, model_key: str) -> dict[str, torch.Tensor]:
             return obj[key]
     if "ema_encoder" in obj:
         raise checkpoint_error(file, _LAYOUT_ERRORS["vjepa2.1"])
+    if "classifiers" in obj:
+        raise checkpoint_error(file, _LAYOUT_ERRORS["probe"])
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
     if "predictor" in obj:
@@ -278,13 +280,14 @@ def build_vjepa2(
     keys = DEFAULT_MODEL_KEYS if model_key == "model|module" else model_key
     sd: dict[str, torch.Tensor] | None = None
     arch: dict[str, Any] = {}
+    class_names: list[str] | None = None
     where = ""
     if checkpoint is not None:
         sd, info = read_vjepa2_checkpoint(checkpoint, keys, model_prefix)
         where = info["file"]
         if "hf_config" in info:
             arch = dict(info["hf_config"])
-            arch.pop("class_names", None)
+            class_names = arch.pop("class_names", None)
             crop = arch.pop("img_size")
             input_size = input_size or crop
             log.info("architecture of %s read from its config.json", checkpoint)
@@ -306,6 +309,8 @@ def build_vjepa2(
         sd = {**(sd or {}), **probe}
         missing = load_vjepa2_state(net, sd, where, registered_prefixes())
         log.info("loaded %s into %s (%d tensors kept their init)", where, name, len(missing))
+    if class_names and len(class_names) == num_classes and "head.weight" in (sd or {}):
+        net.class_names = class_names  # a Hugging Face classifier's labels, head kept
     mark_trainable(net, configs)
     net.train()
     if verbose:
