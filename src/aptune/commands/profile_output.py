@@ -64,11 +64,18 @@ def meta_table(settings: dict[str, Any], rows: list[dict]) -> list[str]:
         )
     lines += [
         "",
-        "Tunable params include `fc_norm` + `head`; % is of the backbone without head. GFLOPs "
-        "per clip counted by `torch.utils.flop_counter.FlopCounterMode` on meta tensors "
-        "(multiply-add = 2, SDPA included); the train step is forward + backward.",
+        f"Tunable params include {head_parts(settings['model'])}; % is of the backbone without "
+        "head. GFLOPs per clip counted by `torch.utils.flop_counter.FlopCounterMode` on meta "
+        "tensors (multiply-add = 2, SDPA included); the train step is forward + backward.",
     ]
     return lines
+
+
+def head_parts(model: str) -> str:
+    """The head every row trains: V-JEPA 2's attentive one (its default), or VideoMAE's."""
+    from aptune.models.sizes import is_vjepa2
+
+    return "the attentive `pooler` + `head`" if is_vjepa2(model) else "`fc_norm` + `head`"
 
 
 def markdown(settings: dict[str, Any], rows: list[dict], sweep: list[dict]) -> str:
@@ -102,9 +109,9 @@ def markdown(settings: dict[str, Any], rows: list[dict], sweep: list[dict]) -> s
         )
     lines += [
         "",
-        "Tunable params include `fc_norm` + `head`; % is of the backbone without head. GFLOPs "
-        "counted by `torch.utils.flop_counter.FlopCounterMode` (multiply-add = 2, SDPA "
-        "included), per clip; the train step is forward + backward (frozen weights get no "
+        f"Tunable params include {head_parts(settings['model'])}; % is of the backbone without "
+        "head. GFLOPs counted by `torch.utils.flop_counter.FlopCounterMode` (multiply-add = 2, "
+        "SDPA included), per clip; the train step is forward + backward (frozen weights get no "
         "weight gradient). Times: best of the timed repeats after one warm-up (all are in the "
         "JSON). Memory: "
         "peak RSS (`VmHWM`) of a fresh process per method, and the train phase's peak over "
