@@ -84,7 +84,7 @@ def build(transfer_type: str = "linear", options: dict | None = None, seed: int 
 # -- RoPE ------------------------------------------------------------------------------
 def test_axis_dims_from_the_head_dim():
     assert axis_dims(64) == 20 and axis_dims(80) == 26
-    assert axis_dims(32) == 10 and axis_dims(88) == 28  # ViT-g: 1408 / 22 = 64 -> 20 too
+    assert axis_dims(32) == 10 and axis_dims(88) == 28  # V-JEPA 2 ViT-g: 1408 / 22 = 64 -> 20
 
 
 @pytest.mark.parametrize("hd", [32, 64, 80])
