@@ -1,5 +1,5 @@
-"""``aptune`` command line: train, eval, predict, extract, export, report, info, prepare,
-profile, pretrain, demo. argparse lives in this package only; what it parses becomes
+"""``aptune`` command line: train, eval, predict, extract, export, push, report, info,
+prepare, profile, pretrain, demo. argparse lives in this package only; what it parses becomes
 typed options before anything below runs.
 
 ``aptune train`` takes exactly the reference's flags (``cli.train``, see ``aptune train
@@ -44,11 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     from aptune.cli.prepare import add_prepare_parser
     from aptune.cli.pretrain import add_pretrain_parser
     from aptune.cli.profile import add_profile_parser
+    from aptune.cli.push import add_push_parser
     from aptune.cli.report import add_report_parser
 
     for add in (add_predict_parser, add_extract_parser, add_export_parser, add_report_parser,
                 add_info_parser, add_prepare_parser, add_profile_parser, add_pretrain_parser,
-                add_demo_parser):  # fmt: skip
+                add_demo_parser, add_push_parser):  # fmt: skip
         add(sub)
     return p
 

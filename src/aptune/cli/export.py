@@ -9,10 +9,16 @@ from pathlib import Path
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     from aptune.commands.export import FORMATS
 
-    ex = subparsers.add_parser("export", help="a trained run as ONNX or TorchScript")
+    ex = subparsers.add_parser(
+        "export", help="a trained run as ONNX, TorchScript, an adapter folder or a PEFT LoRA"
+    )
     ex.add_argument("run", help="output_dir of an aptune train run")
-    ex.add_argument("--format", choices=FORMATS, default="onnx")
-    ex.add_argument("--out", required=True, help="output file (model.onnx, model.pt)")
+    ex.add_argument(
+        "--format", choices=FORMATS, default="onnx",
+        help="onnx | torchscript: one file; adapter: the trained tensors + adapter_config.json "
+        "+ model card (every method); peft: a LoRA run as a folder peft loads on transformers",
+    )  # fmt: skip
+    ex.add_argument("--out", required=True, help="output file (model.onnx, model.pt) or folder")
     ex.add_argument("--which", choices=["last", "best"], default="best")
     ex.set_defaults(func=run_export)
 
@@ -22,6 +28,13 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     err = export_run(Path(args.run), args.format, out, args.which)
+    if args.format == "adapter":
+        print(f"{out}: adapter folder (adapter_model.safetensors, adapter_config.json, README.md, "
+              f"classes.txt); loaded back: max logit difference {err:.1e}")  # fmt: skip
+        return 0
+    if args.format == "peft":
+        print(f"{out}: PEFT LoRA folder; load it with peft.PeftModel.from_pretrained (README.md)")
+        return 0
     print(
         f"{out}: {args.format}, checked against PyTorch on a random batch: max relative "
         f"error {err:.2e} (tolerance {TOLERANCE:.0e})"

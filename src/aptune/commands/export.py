@@ -1,4 +1,5 @@
-"""``aptune export RUN --format onnx|torchscript --out PATH``: a run as one deployable file.
+"""``aptune export RUN --format onnx|torchscript --out PATH``: a run as one deployable file
+(``--format adapter|peft``: a folder sharing what the run trained, ``commands/share.py``).
 
 The exported graph is the run's whole model (backbone, the method's prompts / adapters /
 LoRA, head) with a dynamic batch axis: normalised clips ``(B, 3, T, S, S)`` -> logits
@@ -24,7 +25,9 @@ from aptune.engine.trained import TrainedRun, open_run
 
 log = logging.getLogger("aptune")
 TOLERANCE = 1e-4
-FORMATS = ("onnx", "torchscript")
+#: one deployable file each; ``adapter`` and ``peft`` are folders that share what the run
+#: trained (``commands/share.py``)
+FORMATS = ("onnx", "torchscript", "adapter", "peft")
 
 
 class ExportError(RuntimeError):
@@ -157,9 +160,14 @@ def sidecar(trained: TrainedRun, fmt: str, run: Path, max_rel_error: float) -> d
 
 
 def export_run(run: Path, fmt: str, out: Path, which: str = "best") -> float:
-    """Write ``out`` and ``out.json``; -> the checked maximum relative error."""
+    """Write ``out`` and ``out.json``; -> the checked maximum relative error. ``adapter``
+    and ``peft`` write the folder ``out`` instead (-> the adapter's max logit difference)."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if fmt in ("adapter", "peft"):
+        from aptune.commands.share import export_shared
+
+        return export_shared(run, fmt, out, which)
     if fmt == "onnx":
         require_export_extra()
     trained = open_run(run, which, device="cpu")

@@ -8,11 +8,10 @@ body says what was trained, how to load it, and the parameter report.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
-
-from aptune.models.hub import parse_hub_id
 
 #: method -> the tag a Hub search for it would use
 METHOD_TAGS = {
@@ -40,7 +39,7 @@ def card_header(cfg: dict, metrics: dict | None, name: str, library: str = "aptu
     tags += [METHOD_TAGS[m] for m in methods if m in METHOD_TAGS]
     header: dict[str, Any] = {"library_name": library}
     base = cfg.get("base_model_name_or_path")
-    if base and parse_hub_id(f"hf://{base}") and cfg.get("base_model_sha256") is None:
+    if base and cfg.get("base_model_sha256") is None:
         header["base_model"] = base  # the Hub links only Hub ids; a local path stays below
     header.update(pipeline_tag="video-classification", tags=list(dict.fromkeys(tags)))
     if dataset:
@@ -156,4 +155,45 @@ offline once cached (`HF_HUB_OFFLINE=1`).
 """
 
 
-__all__ = ["adapter_card", "card_header"]
+def peft_card(
+    peft: dict, metrics: dict | None, how: dict, name: str, mean_std: tuple[list, list]
+) -> str:
+    """README.md of a PEFT LoRA folder: loads with transformers + peft, no aptune needed.
+    ``how``: the ``from_pretrained`` keywords that give the base the run's head and clips."""
+    header: dict[str, Any] = {"library_name": "peft"}
+    base = peft.get("base_model_name_or_path")
+    if base and not Path(base).is_absolute():
+        header["base_model"] = base
+    header.update(pipeline_tag="video-classification", tags=["aptune", "lora", "videomae"])
+    rows = _metric_rows(metrics)
+    if rows:
+        header["metrics"] = ["accuracy"]
+    kwargs = ", ".join(f"{k}={v}" for k, v in how.items())
+    rev = f', revision="{peft["revision"]}"' if peft.get("revision") else ""
+    test = ", ".join(f"{r['name']} {r['value']}%" for r in rows) or "no test metrics"
+    return f"""---
+{yaml.safe_dump(header, sort_keys=False)}---
+
+# {name or "aptune LoRA"} (PEFT)
+
+A LoRA adapter (r={peft["r"]}, lora_alpha={peft["lora_alpha"]}, target_modules
+{peft["target_modules"]}) for `transformers`' `VideoMAEForVideoClassification`, trained with
+aptune; the classifier and `fc_norm` travel as `modules_to_save`. Test: {test}.
+
+```python
+from peft import PeftModel
+from transformers import VideoMAEForVideoClassification
+
+base = VideoMAEForVideoClassification.from_pretrained(
+    "{base}"{rev}, {kwargs}, ignore_mismatched_sizes=True
+)
+model = PeftModel.from_pretrained(base, "PATH/TO/THIS/FOLDER").eval()
+logits = model(pixel_values=clips).logits  # clips: (batch, frames, 3, height, width)
+```
+
+Clips are RGB / 255 normalised with mean {mean_std[0]} and std {mean_std[1]}; the class
+names are in `classes.txt`, one a line, in the order of the logits.
+"""
+
+
+__all__ = ["adapter_card", "card_header", "peft_card"]
