@@ -135,3 +135,25 @@ def test_pretrain_refuses_a_vjepa2_model(tmp_path, capsys):
                  "--output_dir", str(tmp_path / "out")]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "aptune pretrain trains VideoMAE encoders" in err[0]
+
+
+def test_extract_merges_as_evaluation_and_keeps_normed_tokens(vjepa2_run, tmp_path):
+    from safetensors import safe_open
+
+    from aptune.commands.extract import extract_features
+    from aptune.commands.predict import view_probs
+    from aptune.engine.trained import open_run
+
+    out_dir, _, data = vjepa2_run
+    videos = sorted(str(p) for p in (data / "videos" / "test").glob("*.mp4"))[:3]
+    run = open_run(out_dir, "last", device="cpu")
+    out = tmp_path / "f.safetensors"
+    assert extract_features(run, videos, out, tokens=True, progress=False) == (3, [])
+    with safe_open(str(out), "pt") as f:
+        meta, t = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["segment_merge"] == "tokens"
+    torch.testing.assert_close(t["probs"], view_probs(run, videos), rtol=1e-5, atol=1e-6)
+    assert t["tokens"].shape == (3, 4, 2, 2, 64)  # 8 frames / 2, 32 px / 16
+    # tokens after V-JEPA 2's final norm: each token's mean over D is the norm's bias mean
+    bias = run.model.norm.bias.detach().mean()
+    assert torch.allclose(t["tokens"].mean(-1), bias.expand(3, 4, 2, 2), atol=1e-4)

@@ -1,10 +1,12 @@
 """``aptune extract``: the features a trained run computes for each video, as safetensors.
 
-``features`` (N, D) is the head's input (the output of ``fc_norm``) averaged over the run's
-test views, so ``head(features)`` is the mean of the views' logits; ``probs`` (N, C) is the
-mean of the views' softmax, i.e. exactly what ``aptune predict`` reports (the two agree
-exactly with one test view, and in their top-1 in practice otherwise). ``--tokens`` adds
-``tokens`` (N, t, h, w, D): the last block's token grid, averaged over the views.
+``features`` (N, D) is the head's input (the output of ``fc_norm``, or of V-JEPA 2's
+attentive pooler) averaged over the run's test views (with ``--segment_merge tokens``: over
+its crops, each crop's segments pooled together), so ``head(features)`` is the mean of the
+views' logits; ``probs`` (N, C) is the mean softmax the same way, i.e. exactly what
+``aptune predict`` reports (the two agree exactly with one view, and in their top-1 in
+practice otherwise). ``--tokens`` adds ``tokens`` (N, t, h, w, D): the encoder's output
+token grid (``model.forward_tokens``), averaged over the views.
 
 Long lists are processed in chunks written to ``OUT.parts/`` as they finish; a rerun with
 the same list resumes after the last finished chunk. Each part carries in its metadata a
@@ -35,6 +37,7 @@ from aptune.data.errors import DataError
 from aptune.data.lists import VideoEntry
 from aptune.engine.metrics import mean_over_views, view_probs
 from aptune.engine.precision import Precision, inference_precision
+from aptune.engine.segment_merge import token_merge
 from aptune.engine.trained import TrainedRun
 
 log = logging.getLogger("aptune")
@@ -86,38 +89,34 @@ def model_from_config(cfg: RunConfig, device: torch.device) -> TrainedRun:
 
 
 class Extractor:
-    """Features (and probabilities, tokens) of batches of videos' test views."""
+    """Features (and probabilities, tokens) of batches of videos' test views, merged as
+    the run's evaluation merges them (``--segment_merge``)."""
 
     def __init__(self, trained: TrainedRun, tokens: bool, precision: Precision) -> None:
         self.trained, self.want_tokens, self.precision = trained, tokens, precision
-        self._last: torch.Tensor | None = None
-        self._hook = trained.model.blocks[-1].register_forward_hook(self._keep) if tokens else None
-
-    def close(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-
-    def _keep(self, module, inputs, output) -> None:
-        self._last = output
+        self.merge = token_merge(trained.config)
 
     def __call__(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
-        """views (B, V, 3, T, S, S) -> features (B, D), probs (B, C)[, tokens (B, t, h, w, D)]."""
+        """views (B, V, 3, T, S, S) -> features (B, D), probs (B, C)[, tokens (B, t, h, w, D)].
+
+        Features and probabilities are per view, or with merged segments per crop (its
+        segments' tokens joined), then averaged over the video."""
         model = self.trained.model
         b, v = views.shape[:2]
+        clips = views.flatten(0, 1).to(self.trained.device)
         with torch.no_grad(), self.precision.autocast():
-            feats = model.forward_features(views.flatten(0, 1).to(self.trained.device))
-            logits = model.forward_head(feats)  # (B*V, C)
+            tokens = model.forward_tokens(clips)  # (B*V, N, D): data tokens only
+            joined = tokens if self.merge is None else self.merge.join(tokens)
+            feats = model.pool_tokens(joined)
+            logits = model.forward_head(feats)  # (B*rows, C)
+        rows = feats.shape[0] // b
         out = {
-            "features": feats.float().view(b, v, -1).mean(dim=1).cpu(),
-            "probs": mean_over_views(view_probs(logits), v).cpu(),
+            "features": feats.float().view(b, rows, -1).mean(dim=1).cpu(),
+            "probs": mean_over_views(view_probs(logits), rows).cpu(),
         }
         if self.want_tokens:
-            x = self._last
-            if model.seq_prompts is not None:
-                x = model.seq_prompts.drop(x)  # (B*V, N, D): data tokens only
-            grid = model.patch_embed.grid  # (t, h, w)
-            x = x.float().view(b, v, *grid, x.shape[-1])  # (B, V, t, h, w, D)
-            out["tokens"] = x.mean(dim=1).cpu()
+            grid = model.patch_embed.grid_of(clips)  # (t, h, w)
+            out["tokens"] = tokens.float().view(b, v, *grid, tokens.shape[-1]).mean(dim=1).cpu()
         return out
 
 
@@ -260,7 +259,6 @@ def extract_features(
             _write_part(tensors, failed, stamp, part)
     finally:
         bar.close()
-        extract.close()
     return _merge_parts(parts_dir, videos, out, trained, tokens)
 
 
@@ -284,15 +282,16 @@ def _merge_parts(
         "paths": json.dumps([videos[int(i)] for i in index]),
         "failed": json.dumps(failed),
         "class_names": json.dumps(trained.class_names),
-        "features": "fc_norm output (the head's input), mean over the test views",
+        "features": "the head's input (pooled tokens), mean over the test views",
         "probs": "mean softmax over the test views (aptune predict's probabilities)",
+        "segment_merge": "tokens" if c.merges_tokens() else "softmax",
         "views": f"{c.data.test_num_segment} segments x {c.data.test_num_crop} crops",
         "model": str(c.model.model),
         "transfer_type": str(c.model.transfer_type),
         "which": trained.which,
     }
     if tokens:
-        meta["tokens"] = "last block's tokens (N, t, h, w, D), mean over the test views"
+        meta["tokens"] = "encoder's output tokens (N, t, h, w, D), mean over the test views"
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(tensors, meta, out)
     shutil.rmtree(parts_dir)

@@ -37,14 +37,17 @@ class TokenMerge:
     def views(self) -> int:
         return self.segments * self.crops
 
-    def logits(self, model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
-        """(B * segments * crops, 3, T, H, W) of B whole videos, views segment-major ->
-        (B * crops, classes): per crop, the segments' tokens joined along N, pooled and
-        classified by the model's own head."""
-        tokens = model.forward_tokens(clips)  # (B * S * C, N, D)
+    def join(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B * segments * crops, N, D) tokens of B whole videos, views segment-major ->
+        (B * crops, segments * N, D): per crop, its segments' tokens in time order."""
         n, d = tokens.shape[1:]
         per_crop = tokens.view(-1, self.segments, self.crops, n, d).transpose(1, 2)
-        joined = per_crop.reshape(-1, self.segments * n, d)  # (B * C, S * N, D)
+        return per_crop.reshape(-1, self.segments * n, d)
+
+    def logits(self, model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
+        """(B * segments * crops, 3, T, H, W) of B whole videos -> (B * crops, classes):
+        each crop's joined tokens pooled and classified by the model's own head."""
+        joined = self.join(model.forward_tokens(clips))
         return model.forward_head(model.pool_tokens(joined))
 
     def keys(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
