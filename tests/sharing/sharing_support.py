@@ -59,8 +59,9 @@ def make_run(out: Path, transfer_type: str, finetune: str, seed: int = 1, **flag
     values = dict(
         model="vit_nano_patch16_224", nb_classes=len(CLASSES), num_frames=4, input_size=32,
         transfer_type=transfer_type, finetune=finetune, attn_impl="sdpa", data_set="SSV2",
-        test_num_segment=2, test_num_crop=1, output_dir=str(out), **flags,
+        test_num_segment=2, test_num_crop=1, output_dir=str(out),
     )  # fmt: skip
+    values.update(flags)
     cfg = RunConfig.from_values(values)
     torch.manual_seed(seed)
     model = build_run_model(cfg, DistInfo())

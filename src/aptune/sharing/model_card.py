@@ -70,8 +70,8 @@ def _base_line(cfg: dict) -> str:
         return f"Base model: the Hub model `{base}`{rev} (fetched through the Hub cache)."
     sums = ", ".join(f"`{k}` sha256 `{v}`" for k, v in cfg["base_model_sha256"].items())
     return (
-        f"Base model: the local file `{base}` ({sums}); whoever loads this adapter "
-        "needs the same file at that path (or edits `base_model_name_or_path`)."
+        f"Base model: the local path `{base}` ({sums}); whoever loads this adapter "
+        "needs the same weights there (or edits `base_model_name_or_path`)."
     )
 
 
