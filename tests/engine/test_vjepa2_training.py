@@ -157,3 +157,45 @@ def test_extract_merges_as_evaluation_and_keeps_normed_tokens(vjepa2_run, tmp_pa
     # tokens after V-JEPA 2's final norm: each token's mean over D is the norm's bias mean
     bias = run.model.norm.bias.detach().mean()
     assert torch.allclose(t["tokens"].mean(-1), bias.expand(3, 4, 2, 2), atol=1e-4)
+
+
+def test_linear_probe_from_meta_files_saves_and_reloads_the_head_only(vjepa2_run, tmp_path):
+    """``--finetune vitl.pt --head_checkpoint probe.pt --transfer_type linear`` (Meta's file
+    layouts, a tiny size): only the attentive head trains and is saved; load_run rebuilds
+    the encoder from the .pt and the head from the run."""
+    from safetensors import safe_open
+
+    from aptune.models.vjepa2 import create_vjepa2
+
+    _, _, data = vjepa2_run
+    torch.manual_seed(7)
+    src = create_vjepa2(VJ, num_classes=4, num_frames=8, img_size=32).state_dict()
+    encoder = {f"module.backbone.{k}": v for k, v in src.items()
+               if not k.startswith(("pooler.", "head."))}  # fmt: skip
+    torch.save({"target_encoder": encoder, "epoch": 10}, tmp_path / "vit.pt")
+    probe = {f"module.{k.replace('head.', 'linear.', 1) if k.startswith('head.') else k}": v
+             for k, v in src.items() if k.startswith(("pooler.", "head."))}  # fmt: skip
+    torch.save({"classifiers": [probe]}, tmp_path / "probe.pt")
+    out = tmp_path / "run"
+    built: list = []
+    real = T.build_run_model
+    mp = pytest.MonkeyPatch()
+    mp.setattr(T, "build_run_model", lambda cfg, info: built.append(real(cfg, info)) or built[-1])
+    try:
+        flags = [*FLAGS, "--transfer_type", "linear", "--finetune", str(tmp_path / "vit.pt"),
+                 "--head_checkpoint", str(tmp_path / "probe.pt"), "--epochs", "1",
+                 "--data_path", str(data), "--output_dir", str(out)]  # fmt: skip
+        assert main(["train", *flags]) == 0
+    finally:
+        mp.undo()
+    trained = built[0].eval()
+    for k, v in trained.state_dict().items():
+        if not k.startswith(("pooler.", "head.")):  # the encoder stayed Meta's
+            torch.testing.assert_close(v, src[k], rtol=0, atol=0, msg=k)
+    assert not torch.equal(trained.head.weight, src["head.weight"])  # the head trained
+    with safe_open(str(out / "checkpoint-0000" / "model.safetensors"), "pt") as f:
+        assert {k.split(".")[0] for k in f.keys()} == {"pooler", "head"}
+    model = aptune.load_run(out, which="last", device="cpu")
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained(x), rtol=0, atol=0)
