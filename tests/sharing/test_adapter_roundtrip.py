@@ -71,6 +71,21 @@ def test_adapter_folder_gives_the_runs_logits(runs, hf_base, tmp_path, method):
     assert (out / "classes.txt").read_text().split() == CLASSES
 
 
+def test_run_without_a_base_shares_every_tensor(tmp_path):
+    """No --finetune: the frozen backbone exists only in the run, so the adapter holds it."""
+    run = make_run(tmp_path / "run", "prompt", "")
+    out = tmp_path / "adapter"
+    export_adapter(run, out)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] is None and cfg["trainable_only"] is False
+    reference = open_run(run, device="cpu").model
+    names, _ = _tensor_names(out / "adapter_model.safetensors")
+    assert names == set(reference.state_dict())
+    diff = float((logits(aptune.load_run(out), X) - logits(reference, X)).abs().max())
+    MEASURED["apt without a base (folder)"] = diff
+    assert diff <= 1e-5
+
+
 def test_adapter_options_are_recorded(runs, tmp_path):
     out = tmp_path / "apt"
     export_adapter(runs["apt"], out)
@@ -154,3 +169,35 @@ def test_measured_differences_are_reported(capsys):
         for key, diff in sorted(MEASURED.items()):
             print(f"\nadapter round trip {key}: max |logit difference| {diff:.2e}", end="")
     assert all(v <= 1e-5 for v in MEASURED.values())
+
+
+# -- the commands that take --run, on an adapter ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """One test video per class and its list (``tests/engine/engine_support.py``)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
+    from engine_support import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("videos"), {"test": 1}, frames=8, size=32)
+
+
+def test_predict_eval_and_timeline_take_an_adapter(runs, videos, tmp_path, capsys):
+    out = tmp_path / "adapter"
+    export_adapter(runs["apt"], out)
+    video = sorted((videos / "videos" / "test").glob("*.mp4"))[0]
+    capsys.readouterr()
+    assert main(["predict", "--run", str(out), str(video), "--json", "--no_progress"]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--run", str(runs["apt"]), str(video), "--json", "--no_progress"]) == 0
+    theirs = json.loads(capsys.readouterr().out)
+    assert ours[0]["topk"] == theirs[0]["topk"] and ours[0]["topk"][0][1] in CLASSES
+    results = tmp_path / "eval"
+    assert main(["eval", str(out), "--data_path", str(videos), "--output", str(results),
+                 "--num_workers", "0"]) == 0  # fmt: skip
+    assert (results / "eval_predictions.jsonl").is_file()
+    tl = tmp_path / "timeline"
+    args = ["predict", "--run", str(out), str(video), "--timeline", "--out", str(tl)]
+    assert main([*args, "--no_progress"]) == 0
+    assert any(tl.glob("*.timeline.json"))
