@@ -400,7 +400,7 @@ def run_loader(
                        persistent=persistent)  # fmt: skip
 
 
-def test_loader(
+def views_loader(
     dataset, cfg: RunConfig, info: DistInfo, merge: TokenMerge | None
 ) -> EpochLoader:
     """The test split's loader: one view per item, or with ``merge`` one whole video per

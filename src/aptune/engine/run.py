@@ -231,7 +231,7 @@ def _train(cfg: RunConfig, info: DistInfo, out: Path) -> dict:
         )
     # training and validation keep their workers across epochs; the test runs once
     merge = token_merge(cfg)
-    loaders = {s: T.test_loader(d, cfg, info, merge) if s == "test" else
+    loaders = {s: T.views_loader(d, cfg, info, merge) if s == "test" else
                T.run_loader(d, cfg, info, train=s == "train", persistent=True)
                for s, d in datasets.items()}  # fmt: skip
     resumed = _resume(cfg, model, ts, out, info)
@@ -350,7 +350,7 @@ def _test_all_views(cfg: RunConfig, model, info: DistInfo):
     """(result on rank 0 or None, test dataset): every test view of the run's test list."""
     ds = T.build_datasets(cfg, ("test",))["test"]
     merge = token_merge(cfg)
-    loader = T.test_loader(ds, cfg, info, merge)
+    loader = T.views_loader(ds, cfg, info, merge)
     precision = T.run_precision(cfg, info.device)
     model = prepare_model_for_speed(model, cfg, info, precision, train=False)
     return evaluate_split(model, loader, info, precision, cfg, "test", merge), ds
