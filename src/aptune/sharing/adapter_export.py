@@ -88,8 +88,10 @@ def aptune_version() -> str:
 def rebuild_options(cfg: RunConfig) -> dict[str, Any]:
     """The run's flags that rebuild its model and its clips (``RunConfig.from_values``
     takes them back): the model section without the base, the methods, the data section
-    without paths and loader settings. The base is recorded apart (``base_source``)."""
-    values = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "finetune"}
+    without paths and loader settings. The base is recorded apart (``base_source``); a
+    V-JEPA 2 probe file (``head_checkpoint``) is not needed: the head is in the adapter."""
+    model = dataclasses.asdict(cfg.model)
+    values = {k: v for k, v in model.items() if k not in ("finetune", "head_checkpoint")}
     data = dataclasses.asdict(cfg.data)
     values.update({k: v for k, v in data.items() if k not in _LOCAL_DATA})
     values.update(cfg.method_options())
