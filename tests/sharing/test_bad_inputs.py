@@ -100,6 +100,20 @@ def test_run_still_training_is_not_exported(own_base, tmp_path):
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
 
 
+def test_lock_of_a_dead_run_does_not_block_the_export(own_base, tmp_path):
+    """A killed run leaves RUN/.lock behind; its holder is gone, so the run is exportable."""
+    import socket
+    import time
+
+    run = make_run(tmp_path / "run", "linear", str(own_base))
+    now = int(time.time())
+    record = {"host": socket.gethostname(), "pid": 4_194_303, "pid_start": None,
+              "started": now, "heartbeat": now, "token": "x"}  # fmt: skip
+    (run / ".lock").write_text(json.dumps(record))
+    export_adapter(run, tmp_path / "a")
+    assert (tmp_path / "a" / "adapter_config.json").is_file()
+
+
 def test_peft_folder_is_not_an_aptune_adapter(runs, tmp_path):
     from aptune.commands.share import export_peft
 
