@@ -35,7 +35,8 @@ def test_peft_folder_gives_aptunes_logits(runs, hf_base, tmp_path, targets):
         tmp_path / "run", "lora", str(hf_base), lora_rank=2, lora_alpha=5.0
     )  # fmt: skip
     out = tmp_path / "peft"
-    export_peft(run, out)
+    checked = export_peft(run, out)  # the export's own check, on another batch
+    assert checked is not None and checked <= 1e-4
     ours = logits(open_run(run, device="cpu").model, X)
     theirs = _peft_logits(hf_base, out)
     diff = float((theirs - ours).abs().max())

@@ -33,7 +33,9 @@ def run_export(args: argparse.Namespace) -> int:
               f"classes.txt); loaded back: max logit difference {err:.1e}")  # fmt: skip
         return 0
     if args.format == "peft":
-        print(f"{out}: PEFT LoRA folder; load it with peft.PeftModel.from_pretrained (README.md)")
+        check = (f"peft on transformers gives the run's logits to {err:.1e}" if err is not None
+                 else "not checked (pip install peft transformers to check)")  # fmt: skip
+        print(f"{out}: PEFT LoRA folder ({check}); load it with peft.PeftModel (README.md)")
         return 0
     print(
         f"{out}: {args.format}, checked against PyTorch on a random batch: max relative "

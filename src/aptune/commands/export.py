@@ -159,9 +159,9 @@ def sidecar(trained: TrainedRun, fmt: str, run: Path, max_rel_error: float) -> d
     }
 
 
-def export_run(run: Path, fmt: str, out: Path, which: str = "best") -> float:
+def export_run(run: Path, fmt: str, out: Path, which: str = "best") -> float | None:
     """Write ``out`` and ``out.json``; -> the checked maximum relative error. ``adapter``
-    and ``peft`` write the folder ``out`` instead (-> the adapter's max logit difference)."""
+    and ``peft`` write the folder ``out`` instead (-> its checked max logit difference)."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {FORMATS}, got {fmt!r}")
     if fmt in ("adapter", "peft"):

@@ -27,11 +27,13 @@ from aptune.sharing.base_source import describe_base
 from aptune.sharing.errors import SharingError
 from aptune.sharing.hub_push import check_can_push, check_repo_id, upload
 from aptune.sharing.model_card import peft_card
-from aptune.sharing.peft_lora import check_peft_fits, peft_files
+from aptune.sharing.peft_lora import check_peft_fits, peft_files, peft_logits
 from aptune.tuning import parameter_report
 
 log = logging.getLogger("aptune")
 TOLERANCE = 1e-5
+#: transformers computes attention its own way: agreement to float rounding, not bits
+PEFT_TOLERANCE = 1e-4
 SHARE_FORMATS = ("adapter", "peft")
 
 
@@ -75,11 +77,16 @@ def finished_run(run: Path, which: str, what: str) -> tuple[TrainedRun, AdapterC
     return trained, content
 
 
-def max_logit_difference(a: torch.nn.Module, b: torch.nn.Module, cfg) -> float:
-    """max |a(x) - b(x)| on a random batch of the run's clip size."""
+def example_clips(cfg) -> torch.Tensor:
+    """A random batch (2, 3, T, S, S) of the run's clip size."""
     m = cfg.model
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, m.num_frames, m.input_size, m.input_size, generator=gen)
+    return torch.randn(2, 3, m.num_frames, m.input_size, m.input_size, generator=gen)
+
+
+def max_logit_difference(a: torch.nn.Module, b: torch.nn.Module, cfg) -> float:
+    """max |a(x) - b(x)| on a random batch of the run's clip size."""
+    x = example_clips(cfg)
     with torch.no_grad():
         return float((a.float().eval()(x) - b.float().eval()(x)).abs().max())
 
@@ -98,8 +105,9 @@ def export_adapter(run: Path, out: Path, which: str = "best", repo_id: str | Non
     return err
 
 
-def export_peft(run: Path, out: Path, which: str = "best") -> float:
-    """Write a PEFT LoRA folder ``out``; -> 0.0 (peft itself checks it in the tests)."""
+def export_peft(run: Path, out: Path, which: str = "best") -> float | None:
+    """Write a PEFT LoRA folder ``out``, load it with peft on transformers' VideoMAE;
+    -> the max logit difference to the run (``PEFT_TOLERANCE``), None without peft."""
     trained, content = finished_run(run, which, "export it")
     base = describe_base(trained.config.model.finetune)
     check_peft_fits(trained.config, content.methods, base)
@@ -119,10 +127,22 @@ def export_peft(run: Path, out: Path, which: str = "best") -> float:
         "classes.txt": "\n".join(content.class_names) + "\n",
     }
     write_folder(out, files, tensors, {"format": "pt"})
-    return 0.0
+    x = example_clips(c)
+    theirs = peft_logits(out, base, how, x)
+    if theirs is None:
+        log.info("peft or transformers is not installed: %s written unchecked", out)
+        return None
+    with torch.no_grad():
+        err = float((theirs - trained.model.float().eval()(x)).abs().max())
+    if not err <= PEFT_TOLERANCE:
+        raise SharingError(
+            f"{out}: peft's logits differ from the run's by {err:.2e} > {PEFT_TOLERANCE:.0e} "
+            "(is the base's config.json the one the run read?); use --format adapter"
+        )
+    return err
 
 
-def export_shared(run: Path, fmt: str, out: Path, which: str = "best") -> float:
+def export_shared(run: Path, fmt: str, out: Path, which: str = "best") -> float | None:
     if fmt == "adapter":
         return export_adapter(run, out, which)
     if fmt == "peft":
@@ -143,5 +163,13 @@ def push_run(
         return upload(folder, repo, token, private=private, revision=revision)
 
 
-__all__ = ["SHARE_FORMATS", "TOLERANCE", "export_adapter", "export_peft", "export_shared",
-           "finished_run", "push_run"]  # fmt: skip
+__all__ = [
+    "PEFT_TOLERANCE",
+    "SHARE_FORMATS",
+    "TOLERANCE",
+    "export_adapter",
+    "export_peft",
+    "export_shared",
+    "finished_run",
+    "push_run",
+]

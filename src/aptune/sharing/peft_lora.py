@@ -20,6 +20,7 @@ fits; anything else is refused with one line naming ``--format adapter``.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 
@@ -122,4 +123,28 @@ def peft_files(
     return config, out
 
 
-__all__ = ["TARGET_MODULES", "check_peft_fits", "peft_files", "peft_name"]
+def peft_logits(folder: Path, base: dict, how: dict, x: torch.Tensor) -> torch.Tensor | None:
+    """Logits of the written folder as a PEFT user gets them (transformers' base from its
+    recorded source + ``PeftModel``); None when peft or transformers is not installed.
+    ``x``: (B, 3, T, H, W), aptune's layout; ``how``: ``from_pretrained`` keywords."""
+    try:
+        from peft import PeftModel
+        from transformers import VideoMAEForVideoClassification
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return None
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialised classifier": replaced just below
+    try:
+        hf = VideoMAEForVideoClassification.from_pretrained(
+            base["base_model_name_or_path"], revision=base.get("revision"),
+            ignore_mismatched_sizes=True, **how,
+        )  # fmt: skip
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model = PeftModel.from_pretrained(hf, str(folder)).eval()
+    with torch.no_grad():
+        return model(pixel_values=x.permute(0, 2, 1, 3, 4)).logits  # HF: (B, T, C, H, W)
+
+
+__all__ = ["TARGET_MODULES", "check_peft_fits", "peft_files", "peft_logits", "peft_name"]
