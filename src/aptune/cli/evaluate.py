@@ -8,7 +8,7 @@ from pathlib import Path
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="evaluate a trained run on all test views")
-    e.add_argument("run", help="output_dir of an aptune train run")
+    e.add_argument("run", help="a run's output_dir, an adapter folder or Hub id")
     e.add_argument("--which", choices=["last", "best"], default="last")
     e.add_argument("--data_path", default=None, help="evaluate on another list folder")
     e.add_argument("--eval_data_path", default=None)

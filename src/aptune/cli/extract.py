@@ -12,7 +12,7 @@ def add_extract_parser(subparsers) -> None:
     ex = subparsers.add_parser("extract", help="features of videos (head input) as safetensors")
     ex.add_argument("videos", nargs="*", help="video files or frame folders")
     ex.add_argument("--list", default=None, help="file with one video per line")
-    ex.add_argument("--run", default=None, help="output_dir of an aptune train run")
+    ex.add_argument("--run", default=None, help="run output_dir, adapter folder or Hub id")
     ex.add_argument("--which", choices=["last", "best"], default="best")
     ex.add_argument("--model", default=None, help="instead of --run: a model name (vit_base...)")
     ex.add_argument("--finetune", default=None, help="with --model: the checkpoint to load")

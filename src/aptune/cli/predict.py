@@ -13,7 +13,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="top-k classes of new videos with a trained run (or over time: --timeline)"
     )
     pr.add_argument("videos", nargs="+", help="video files (.avi, .mp4, .webm, frame folders)")
-    pr.add_argument("--run", required=True, help="output_dir of an aptune train run")
+    pr.add_argument("--run", required=True, help="run output_dir, adapter folder or Hub id")
     pr.add_argument("--which", choices=["last", "best"], default="best")
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--json", action="store_true", help="print JSON")
