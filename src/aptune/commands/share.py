@@ -160,6 +160,13 @@ def push_run(
         folder = Path(tmp) / "adapter"
         err = export_adapter(run, folder, which, repo_id=repo)
         log.info("adapter of %s checked (max logit difference %.1e); uploading", run, err)
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        if cfg.get("base_model_sha256"):
+            log.warning(
+                "%s was trained on the local base %s: whoever loads %s needs that file (its "
+                "sha256 is recorded); a run on a Hub id (--finetune ORG/NAME) loads anywhere",
+                run, cfg["base_model_name_or_path"], repo,
+            )  # fmt: skip
         return upload(folder, repo, token, private=private, revision=revision)
 
 
