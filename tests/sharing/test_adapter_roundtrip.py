@@ -183,7 +183,7 @@ def videos(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("videos"), {"test": 1}, frames=8, size=32)
 
 
-def test_predict_eval_and_timeline_take_an_adapter(runs, videos, tmp_path, capsys):
+def test_predict_eval_timeline_and_extract_take_an_adapter(runs, videos, tmp_path, capsys):
     out = tmp_path / "adapter"
     export_adapter(runs["apt"], out)
     video = sorted((videos / "videos" / "test").glob("*.mp4"))[0]
@@ -201,3 +201,6 @@ def test_predict_eval_and_timeline_take_an_adapter(runs, videos, tmp_path, capsy
     args = ["predict", "--run", str(out), str(video), "--timeline", "--out", str(tl)]
     assert main([*args, "--no_progress"]) == 0
     assert any(tl.glob("*.timeline.json"))
+    feats = tmp_path / "feats.safetensors"
+    assert main(["extract", str(video), "--run", str(out), "--out", str(feats)]) == 0
+    assert feats.is_file()
