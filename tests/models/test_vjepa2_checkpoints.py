@@ -249,7 +249,7 @@ def test_wrong_files_are_one_line(files, tmp_path: Path) -> None:
     cases = [
         (TEST_NAME, tmp_path / "videomae.pth", ("videomae.pth", "VideoMAE", "vit_*")),
         (TEST_NAME, tmp_path / "predictor.pt", ("predictor.pt", "predictor", "target_encoder")),
-        (TEST_NAME, tmp_path / "vjepa2_1_vitl_dist_vitG_384.pt", ("V-JEPA 2.1", "not supported")),
+        (TEST_NAME, tmp_path / "vjepa2_1_vitl_dist_vitG_384.pt", ("V-JEPA 2.1", "vjepa2_1_")),
         (TEST_NAME, files["dir"] / "probe.pt", ("probe.pt", "--head_checkpoint")),
         ("vit_nano_patch16_224", files["dir"] / "vitx.pt", ("vitx.pt", "vjepa2_")),
         ("vit_nano_patch16_224", files["dir"] / "classifier", ("V-JEPA 2", "vjepa2_")),

@@ -1,4 +1,5 @@
-"""The named model sizes as data: width, depth and heads per name (VideoMAE and V-JEPA 2).
+"""The named model sizes as data: width, depth and heads per name (VideoMAE, V-JEPA 2 and
+V-JEPA 2.1).
 
 Kept apart from ``vit.py`` because it is a table, not the transformer; ``vit.py``
 re-exports it, so ``aptune.models.vit.MODEL_SIZES`` and ``model_spec`` stay where users
@@ -28,13 +29,22 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
     "vjepa2_vit_huge_patch16_256": (1280, 32, 16),
     "vjepa2_vit_giant_patch16_256": (1408, 40, 22),
     "vjepa2_vit_giant_patch16_384": (1408, 40, 22),
+    # Meta's V-JEPA 2.1 encoders (all 384 px; the nano for tests and demos)
+    "vjepa2_1_vit_nano_patch16_384": (64, 2, 2),
+    "vjepa2_1_vit_base_patch16_384": (768, 12, 12),
+    "vjepa2_1_vit_large_patch16_384": (1024, 24, 16),
+    "vjepa2_1_vit_giant_patch16_384": (1408, 40, 22),
+    "vjepa2_1_vit_gigantic_patch16_384": (1664, 48, 26),
 }
 MLP_RATIOS: dict[str, float] = {
     "vit_giant_patch14_224": 48 / 11,
     "vjepa2_vit_giant_patch16_256": 48 / 11,  # MLP hidden 6144
     "vjepa2_vit_giant_patch16_384": 48 / 11,
+    "vjepa2_1_vit_giant_patch16_384": 48 / 11,  # MLP hidden 6144
+    "vjepa2_1_vit_gigantic_patch16_384": 64 / 13,  # MLP hidden 8192 = 1664 * 64 / 13
 }
-#: V-JEPA 2's pre-training crop per size: the default --input_size of that name.
+#: V-JEPA 2's and 2.1's pre-training crop per size (the name's last number): the default
+#: --input_size of that name.
 VJEPA2_INPUT_SIZES: dict[str, int] = {
     name: int(name.rsplit("_", 1)[1]) for name in MODEL_SIZES if name.startswith("vjepa2_")
 }
@@ -50,8 +60,13 @@ def full_name(name: str) -> str:
 
 
 def is_vjepa2(name: str | None) -> bool:
-    """Is ``name`` one of Meta's V-JEPA 2 encoders (rotary positions, attentive head)?"""
+    """Is ``name`` one of Meta's V-JEPA 2 or 2.1 encoders (rotary positions, attentive head)?"""
     return bool(name) and str(name).startswith("vjepa2_")
+
+
+def is_vjepa2_1(name: str | None) -> bool:
+    """Is ``name`` one of Meta's V-JEPA 2.1 encoders (``vjepa2_1_*``)?"""
+    return bool(name) and str(name).startswith("vjepa2_1_")
 
 
 def model_spec(name: str) -> dict[str, Any]:

@@ -12,6 +12,12 @@ keys and values join after the rotation, unrotated and position-free), ``seq_pro
 (VPT: inserted tokens carry no position), ``depth``, ``head_dim``. Its head is
 ``--head attentive`` (Meta's attentive classifier: ``pooler`` + ``head``) or
 ``--head linear`` (mean of the tokens, ``fc_norm``, ``head``).
+
+V-JEPA 2.1 (``version="2.1"``, the ``vjepa2_1_*`` names) is the same encoder with a learned
+``video_mod_embed`` (1, 1, D) added to every token after the patch embedding, interleaved
+rotary frequencies with the height and width positions interpolated onto its 16 x 16
+pre-training grid (``rope_tables(..., interleaved=True, spatial_scale_to=16)``), and its
+last hierarchical norm (Meta's ``norms_block[-1]``) as the final ``norm``.
 """
 
 from __future__ import annotations
@@ -25,11 +31,15 @@ from torch import nn
 from aptune.models.attentive_pooler import AttentivePooler
 from aptune.models.layers import PatchEmbed, init_weights
 from aptune.models.rope import rope_tables
-from aptune.models.sizes import VJEPA2_INPUT_SIZES, full_name, model_spec
+from aptune.models.sizes import VJEPA2_INPUT_SIZES, full_name, is_vjepa2_1, model_spec
 from aptune.models.vit import AttnImpl, Block, VisionTransformer, check_attn_impl
 
 HeadKind = Literal["attentive", "linear"]
 HEAD_KINDS: tuple[str, ...] = ("attentive", "linear")
+Version = Literal["2", "2.1"]
+VERSIONS: tuple[str, ...] = ("2", "2.1")
+#: the height and width token grid V-JEPA 2.1 interpolates its rotary positions onto
+VJEPA2_1_ROPE_GRID = 16
 
 
 class VJepa2(VisionTransformer):
@@ -37,6 +47,7 @@ class VJepa2(VisionTransformer):
 
     ``pooler_heads`` / ``pooler_eps`` follow the checkpoint: Meta's probes use 16 heads and
     LayerNorm eps 1e-5, Hugging Face's classifier the encoder's heads and eps 1e-6.
+    ``version="2.1"`` builds V-JEPA 2.1 (``video_mod_embed``, its rotary positions).
     """
 
     def __init__(
@@ -63,11 +74,15 @@ class VJepa2(VisionTransformer):
         attn_impl: AttnImpl = "sdpa",
         norm_eps: float = 1e-6,
         use_checkpoint: bool = False,
+        version: Version = "2",
     ) -> None:
         nn.Module.__init__(self)
         check_attn_impl(attn_impl)
         if head not in HEAD_KINDS:
             raise ValueError(f"head must be one of {', '.join(HEAD_KINDS)}; got {head!r}")
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(VERSIONS)}; got {version!r}")
+        self.version: Version = version
         self.num_classes, self.embed_dim, self.depth = num_classes, embed_dim, depth
         self.num_heads, self.init_scale, self.cos_attn = num_heads, init_scale, False
         self.num_frames, self.img_size, self.tubelet_size = num_frames, img_size, tubelet_size
@@ -75,6 +90,12 @@ class VJepa2(VisionTransformer):
         self.patch_embed = PatchEmbed(
             img_size, patch_size, in_chans, embed_dim, num_frames, tubelet_size, fixed_grid=False
         )
+        # V-JEPA 2.1: a learned embedding that marks the tokens as video (its image one is
+        # not kept: aptune is video only)
+        self.video_mod_embed: nn.Parameter | None = None
+        if version == "2.1":
+            self.video_mod_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            nn.init.trunc_normal_(self.video_mod_embed, std=0.02)
         self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
@@ -103,18 +124,37 @@ class VJepa2(VisionTransformer):
         """(B, 3, T, H, W) -> the encoder's output tokens (B, N, D) after its final norm.
 
         Rotary positions come from the input's own token grid, so any T (multiple of 2)
-        and H, W (multiples of 16) run, as in Meta's code.
+        and H, W (multiples of 16) run, as in Meta's code (V-JEPA 2.1 scales the height and
+        width positions onto its 16 x 16 pre-training grid).
         """
         grid = self.patch_embed.grid_of(x)
-        rope = rope_tables(grid, self.head_dim, x.device)
+        rope = self.rope_tables(grid, x.device)
         frozen = self.no_grad_prefix() if torch.is_grad_enabled() else 0
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            x = self.pos_drop(self.patch_embed(x))  # (B, N, D)
+            x = self.patch_embed(x)  # (B, N, D)
+            if self.video_mod_embed is not None:
+                x = x + self.video_mod_embed.to(dtype=x.dtype)
+            x = self.pos_drop(x)
             x = self._run_blocks(x, 0, frozen, rope)
         x = self._run_blocks(x, frozen, self.depth, rope)
         if self.seq_prompts is not None:
             x = self.seq_prompts.drop(x)  # (B, N, D): data tokens only
         return self.norm(x)
+
+    def rope_tables(
+        self, grid: tuple[int, int, int], device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This version's rotary (cos, sin) tables for a token grid."""
+        if self.version == "2.1":
+            return rope_tables(grid, self.head_dim, device, interleaved=True,
+                               spatial_scale_to=VJEPA2_1_ROPE_GRID)  # fmt: skip
+        return rope_tables(grid, self.head_dim, device)
+
+    def no_grad_prefix(self) -> int:
+        """As the ViT's; a trainable ``video_mod_embed`` (end2end) needs every block's graph."""
+        if self.video_mod_embed is not None and self.video_mod_embed.requires_grad:
+            return 0
+        return super().no_grad_prefix()
 
     def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, D): the attentive pooler, or the mean and ``fc_norm``.
@@ -142,10 +182,11 @@ def create_vjepa2(
     head: HeadKind = "attentive",
     **overrides: Any,
 ) -> VJepa2:
-    """Build a named V-JEPA 2 encoder + head; ``img_size`` defaults to the size's crop
-    (256, or 384 for ``vjepa2_vit_giant_patch16_384``); ``overrides`` may change any
-    constructor argument (``pooler_heads``, ``pooler_eps``, ``norm_eps`` ...)."""
-    kw = {**model_spec(name), **overrides}
+    """Build a named V-JEPA 2 or 2.1 encoder + head; ``img_size`` defaults to the size's crop
+    (256, or 384 for ``vjepa2_vit_giant_patch16_384`` and every ``vjepa2_1_*``); ``overrides``
+    may change any constructor argument (``pooler_heads``, ``pooler_eps``, ``norm_eps`` ...).
+    ``vjepa2_1_*`` names build ``version="2.1"``."""
+    kw = {"version": "2.1" if is_vjepa2_1(name) else "2", **model_spec(name), **overrides}
     return VJepa2(
         img_size=img_size or VJEPA2_INPUT_SIZES[full_name(name)], num_classes=num_classes,
         num_frames=num_frames, tubelet_size=tubelet_size, drop_path_rate=drop_path,
@@ -154,4 +195,4 @@ def create_vjepa2(
     )  # fmt: skip
 
 
-__all__ = ["HEAD_KINDS", "VJepa2", "create_vjepa2"]
+__all__ = ["HEAD_KINDS", "VERSIONS", "VJEPA2_1_ROPE_GRID", "VJepa2", "create_vjepa2"]

@@ -3,7 +3,10 @@
 aptune's names are those of Meta's encoder files without ``module.backbone.`` (encoder)
 and of Meta's probe files without ``module.`` (``pooler.*``; their ``linear`` is our
 ``head``). Hugging Face's port splits q, k and v (fused here, in q, k, v order) and renames
-the rest; its predictor is dropped (a classifier needs only the encoder).
+the rest; its predictor is dropped (a classifier needs only the encoder). Meta's V-JEPA 2.1
+encoders keep ``video_mod_embed`` as is; their last hierarchical norm
+(``norms_block.<last>``) becomes ``norm``, the other ``norms_block.*`` and the image path
+(``img_mod_embed``, ``patch_embed_img.*``) are dropped.
 """
 
 from __future__ import annotations
@@ -115,6 +118,41 @@ def _fused_part(key: str) -> tuple[str, tuple[str, ...], str] | None:
     return None
 
 
+_NORMS_BLOCK_RE = re.compile(r"^norms_block\.(\d+)\.")
+#: V-JEPA 2.1's image path: aptune is video only
+_IMAGE_PATH = ("img_mod_embed", "patch_embed_img.")
+
+
+def convert_meta_2_1(
+    raw: dict[str, torch.Tensor], where: str = "V-JEPA 2.1 encoder"
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A V-JEPA 2.1 encoder (wrappers stripped) -> (ours, dropped keys).
+
+    The encoder's output is its last hierarchical norm applied to the last block's tokens:
+    ``norms_block.<highest index present>.*`` -> ``norm.*``; the lower ``norms_block.*``
+    (intermediate outputs) and the image path are dropped. A dict without ``norms_block``
+    (aptune's own 2.1 file) passes through.
+    """
+    indices = {int(m[1]) for k in raw if (m := _NORMS_BLOCK_RE.match(k))}
+    last = max(indices) if indices else None
+    out: dict[str, torch.Tensor] = {}
+    dropped: list[str] = []
+    for key, value in raw.items():
+        m = _NORMS_BLOCK_RE.match(key)
+        if m is not None:
+            if int(m[1]) == last:
+                out["norm." + key[m.end() :]] = value
+            else:
+                dropped.append(key)
+        elif key.startswith(_IMAGE_PATH):
+            dropped.append(key)
+        else:
+            out[key] = value
+    if last is not None and any(k.startswith("norm.") for k in raw):
+        raise CheckpointError(f"{where}: both norm.* and norms_block.* (which is the final norm?)")
+    return out, dropped
+
+
 def convert_probe(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A Meta attentive-probe state dict (``module.pooler.*``, ``module.linear.*``) -> ours."""
     out = {}
@@ -149,6 +187,7 @@ def encoder_shape(sd: dict[str, torch.Tensor], where: str) -> dict[str, int | fl
 
 __all__ = [
     "convert_hf",
+    "convert_meta_2_1",
     "convert_probe",
     "detect_layout",
     "encoder_shape",

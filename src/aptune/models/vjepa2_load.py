@@ -1,11 +1,12 @@
-"""Build a V-JEPA 2 model from the files users have: Meta's ``.pt``, Hugging Face folders and
-Hub ids, Meta's attentive-probe files, aptune's own files.
+"""Build a V-JEPA 2 or 2.1 model from the files users have: Meta's ``.pt``, Hugging Face
+folders and Hub ids (V-JEPA 2 only: there is no port of 2.1), Meta's attentive-probe files,
+aptune's own files.
 
-``build_model`` hands every ``vjepa2_*`` name here. The order is the VideoMAE path's: read
-and rename the checkpoint, build the named size (a Hugging Face ``config.json`` decides the
-architecture), attach the methods, load and verify, then decide what trains. A file of
-another kind (a VideoMAE checkpoint, a predictor, an optimizer state, V-JEPA 2.1) is refused
-with one line naming it and the fix.
+``build_model`` hands every ``vjepa2_*`` name here (``vjepa2_1_*`` are V-JEPA 2.1). The order
+is the VideoMAE path's: read and rename the checkpoint, build the named size (a Hugging Face
+``config.json`` decides the architecture), attach the methods, load and verify, then decide
+what trains. A file of another kind (a VideoMAE checkpoint, a predictor, an optimizer state,
+the other V-JEPA family) is refused with one line naming it and the fix.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from aptune.models.checkpoint_io import (
     load_torch_file,
     resolve_checkpoint_path,
 )
-from aptune.models.sizes import full_name, model_spec
+from aptune.models.sizes import MLP_RATIOS, MODEL_SIZES, full_name, is_vjepa2_1, model_spec
 from aptune.models.vjepa2 import VJepa2, create_vjepa2
 from aptune.models.vjepa2_keys import (
     convert_hf,
+    convert_meta_2_1,
     convert_probe,
     detect_layout,
     encoder_shape,
@@ -37,6 +39,9 @@ from aptune.models.vjepa2_keys import (
 log = logging.getLogger("aptune")
 #: where Meta's pre-training files keep the encoders: the EMA one first (what Meta evaluates)
 DEFAULT_MODEL_KEYS = "target_encoder|encoder|model|module"
+#: V-JEPA 2.1: the distilled ViT-B/L files keep theirs under ema_encoder, ViT-g/G under
+#: target_encoder
+DEFAULT_MODEL_KEYS_2_1 = "ema_encoder|target_encoder|encoder|model|module"
 _NOT_ENCODERS = {
     "predictor": "the JEPA predictor, not an encoder",
     "opt": "an optimizer state",
@@ -50,15 +55,57 @@ _LAYOUT_ERRORS = {
     "with its target_encoder (vitl.pt, vith.pt, vitg.pt, vitg-384.pt)",
     "probe": "an attentive-probe (head) file, not an encoder; pass it as --head_checkpoint "
     "beside the encoder's --finetune",
-    "vjepa2.1": "a V-JEPA 2.1 checkpoint (video_mod_embed); V-JEPA 2.1 is not supported yet, "
-    "use a V-JEPA 2 file (vitl.pt, vith.pt, vitg.pt, vitg-384.pt)",
     "unknown": "no V-JEPA 2 encoder keys (patch_embed.proj, blocks.N.attn.qkv); pass Meta's "
     "vitl.pt / vith.pt / vitg.pt / vitg-384.pt, a Hugging Face V-JEPA 2 folder or Hub id",
 }
+_LAYOUT_ERRORS_2_1 = {
+    **_LAYOUT_ERRORS,
+    "predictor": "holds a V-JEPA 2.1 predictor but no encoder; pass the pre-training file "
+    "with its ema_encoder / target_encoder (vjepa2_1_vitb_dist_vitG_384.pt, "
+    "vjepa2_1_vitl_dist_vitG_384.pt, vjepa2_1_vitg_384.pt, vjepa2_1_vitG_384.pt)",
+    "unknown": "no V-JEPA 2.1 encoder keys (video_mod_embed, patch_embed.proj, "
+    "blocks.N.attn.qkv); pass Meta's vjepa2_1_vit{b,l}_dist_vitG_384.pt or "
+    "vjepa2_1_vit{g,G}_384.pt",
+}
+#: an example name per family, for a file whose size matches none of the table
+_FAMILY_EXAMPLE = {"2": "vjepa2_vit_large_patch16_256", "2.1": "vjepa2_1_vit_large_patch16_384"}
 
 
-def _select(obj: Any, file: Path, model_key: str) -> dict[str, torch.Tensor]:
-    """The state dict of a Meta ``.pt``: under the first of ``model_key`` present."""
+def _family(name: str) -> str:
+    return "2.1" if is_vjepa2_1(name) else "2"
+
+
+def _sizes_of(family: str, shape: tuple[int, int, int]) -> list[str]:
+    """Names of ``family`` whose (width, depth, MLP hidden) is ``shape``."""
+    return [
+        n for n, (dim, depth, _) in MODEL_SIZES.items()
+        if n.startswith("vjepa2_") and _family(n) == family and (dim, depth) == shape[:2]
+        and round(dim * MLP_RATIOS.get(n, 4.0)) == shape[2]
+    ]  # fmt: skip
+
+
+def _family_error(where: str, sd: dict[str, torch.Tensor], family: str, layout: str):
+    """One line for a file of the other V-JEPA family: which it is and the ``--model`` that
+    loads it (the matching size where the file has one)."""
+    try:
+        got = encoder_shape(sd, where)
+        match = _sizes_of(family, (got["embed_dim"], got["depth"], got["mlp_hidden"]))
+    except CheckpointError:
+        match = []
+    fix = f"--model {match[0]}" if match else f"a vjepa2{'_1' if family == '2.1' else ''}_* " \
+        f"name (e.g. --model {_FAMILY_EXAMPLE[family]})"  # fmt: skip
+    if family == "2.1":
+        what = "a V-JEPA 2.1 encoder (video_mod_embed), not V-JEPA 2"
+    elif layout == "hf":
+        what = "a Hugging Face V-JEPA 2 model, not V-JEPA 2.1 (which has no Hugging Face port)"
+    else:
+        what = "a V-JEPA 2 encoder (no video_mod_embed), not V-JEPA 2.1"
+    return checkpoint_error(where, f"{what}; build it with {fix}")
+
+
+def _select(obj: Any, file: Path, model_key: str, family: str = "2") -> dict[str, torch.Tensor]:
+    """The state dict of a Meta ``.pt``: under the first of ``model_key`` present (for a
+    V-JEPA 2 name, a V-JEPA 2.1 ``ema_encoder`` too: its keys then name the family)."""
     if not isinstance(obj, dict):
         raise checkpoint_error(file, f"holds a {type(obj).__name__}, not a checkpoint dict")
     for key in model_key.split("|"):
@@ -68,14 +115,15 @@ def _select(obj: Any, file: Path, model_key: str) -> dict[str, torch.Tensor]:
             )
         if key and isinstance(obj.get(key), dict):
             return obj[key]
-    if "ema_encoder" in obj:
-        raise checkpoint_error(file, _LAYOUT_ERRORS["vjepa2.1"])
+    if family == "2" and isinstance(obj.get("ema_encoder"), dict):
+        return obj["ema_encoder"]
     if "classifiers" in obj:
         raise checkpoint_error(file, _LAYOUT_ERRORS["probe"])
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
     if "predictor" in obj:
-        raise checkpoint_error(file, _LAYOUT_ERRORS["predictor"])
+        errors = _LAYOUT_ERRORS_2_1 if family == "2.1" else _LAYOUT_ERRORS
+        raise checkpoint_error(file, errors["predictor"])
     top = ", ".join(list(map(str, obj))[:8])
     raise checkpoint_error(
         file, f"no state dict under {model_key!r} (top-level keys: {top}); name it with --model_key"
@@ -83,12 +131,14 @@ def _select(obj: Any, file: Path, model_key: str) -> dict[str, torch.Tensor]:
 
 
 def read_vjepa2_checkpoint(
-    source: str | Path, model_key: str = DEFAULT_MODEL_KEYS, prefix: str = ""
+    source: str | Path, model_key: str = DEFAULT_MODEL_KEYS, prefix: str = "", family: str = "2"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(our state dict, info) of any V-JEPA 2 file, folder or Hub id.
+    """(our state dict, info) of any V-JEPA 2 (``family="2"``) or 2.1 (``"2.1"``) file,
+    folder or Hub id; a file of the other family is one line naming the ``--model``.
 
-    ``info`` has ``file``, ``layout`` (hf | meta), ``dropped`` (the HF predictor's keys)
-    and, for Hugging Face folders, ``hf_config``.
+    ``info`` has ``file``, ``layout`` (hf | meta | vjepa2.1), ``dropped`` (the HF
+    predictor's keys; 2.1's image path and intermediate norms) and, for Hugging Face
+    folders, ``hf_config``.
     """
     folder, kind = resolve_checkpoint_path(source)
     info: dict[str, Any] = {"source": str(source), "dropped": []}
@@ -100,7 +150,7 @@ def read_vjepa2_checkpoint(
         raw, _ = load_safetensors_file(folder)
         info["file"] = str(folder)
     else:
-        raw = _select(load_torch_file(folder), folder, model_key)
+        raw = _select(load_torch_file(folder), folder, model_key, family)
         info["file"] = str(folder)
     bad = [k for k, v in raw.items() if not isinstance(v, torch.Tensor)]
     if bad:
@@ -115,8 +165,13 @@ def read_vjepa2_checkpoint(
         sd, info["dropped"] = convert_hf(raw)
     elif layout == "meta":
         sd = raw
+    elif layout == "vjepa2.1":
+        sd, info["dropped"] = convert_meta_2_1(raw, info["file"])
     else:
-        raise checkpoint_error(info["file"], _LAYOUT_ERRORS[layout])
+        errors = _LAYOUT_ERRORS_2_1 if family == "2.1" else _LAYOUT_ERRORS
+        raise checkpoint_error(info["file"], errors[layout])
+    if (layout == "vjepa2.1") != (family == "2.1"):
+        raise _family_error(info["file"], sd, "2.1" if layout == "vjepa2.1" else "2", layout)
     info["layout"] = layout
     return sd, info
 
@@ -184,6 +239,26 @@ def read_probe(source: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     return convert_probe(raw), str(file)
 
 
+def _summary(keys: list[str]) -> str:
+    """``img_mod_embed, patch_embed_img.*, norms_block.0-2.*`` for a list of keys."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split(".")
+        if parts[0] == "norms_block" and len(parts) > 2:
+            groups.setdefault("norms_block", []).append(parts[1])
+        else:
+            groups.setdefault(parts[0] + (".*" if len(parts) > 1 else ""), [])
+    out = []
+    for group, idx in groups.items():
+        if group == "norms_block":
+            nums = sorted({int(i) for i in idx})
+            span = f"{nums[0]}-{nums[-1]}" if len(nums) > 1 else str(nums[0])
+            out.append(f"norms_block.{span}.* (intermediate outputs)")
+        else:
+            out.append(group)
+    return ", ".join(out)
+
+
 def _check_size(name: str, sd: dict[str, torch.Tensor], where: str) -> None:
     """A Meta encoder file must be the named size: one line naming the size it is."""
     got = encoder_shape(sd, where)
@@ -191,17 +266,12 @@ def _check_size(name: str, sd: dict[str, torch.Tensor], where: str) -> None:
     want = (spec["embed_dim"], spec["depth"], round(spec["embed_dim"] * spec["mlp_ratio"]))
     have = (got["embed_dim"], got["depth"], got["mlp_hidden"])
     if want != have:
-        from aptune.models.sizes import MLP_RATIOS, MODEL_SIZES
-
-        match = [
-            n for n, (d, depth, _) in MODEL_SIZES.items()
-            if n.startswith("vjepa2_") and (d, depth) == have[:2]
-            and round(d * MLP_RATIOS.get(n, 4.0)) == have[2]
-        ]  # fmt: skip
+        family = _family(name)
+        match = _sizes_of(family, have)  # type: ignore[arg-type]
         hint = f"; that is --model {match[0]}" if match else ""
         raise CheckpointError(
-            f"{where}: a V-JEPA 2 encoder of width {have[0]}, depth {have[1]}, MLP {have[2]}, "
-            f"but {full_name(name)} has {want[0]}, {want[1]}, {want[2]}{hint}"
+            f"{where}: a V-JEPA {family} encoder of width {have[0]}, depth {have[1]}, "
+            f"MLP {have[2]}, but {full_name(name)} has {want[0]}, {want[1]}, {want[2]}{hint}"
         )
 
 
@@ -277,14 +347,21 @@ def build_vjepa2(
     checkpoint = None if checkpoint in ("", None) or random_init else checkpoint
     if head_checkpoint and head != "attentive":
         raise ValueError("--head_checkpoint is an attentive probe: use it with --head attentive")
-    keys = DEFAULT_MODEL_KEYS if model_key == "model|module" else model_key
+    family = _family(name)
+    if model_key != "model|module":
+        keys = model_key
+    else:
+        keys = DEFAULT_MODEL_KEYS_2_1 if family == "2.1" else DEFAULT_MODEL_KEYS
     sd: dict[str, torch.Tensor] | None = None
     arch: dict[str, Any] = {}
     class_names: list[str] | None = None
     where = ""
     if checkpoint is not None:
-        sd, info = read_vjepa2_checkpoint(checkpoint, keys, model_prefix)
+        sd, info = read_vjepa2_checkpoint(checkpoint, keys, model_prefix, family)
         where = info["file"]
+        if info["layout"] == "vjepa2.1" and info["dropped"]:
+            log.info("%s: dropped %d tensors aptune does not use: %s", where,
+                     len(info["dropped"]), _summary(info["dropped"]))  # fmt: skip
         if "hf_config" in info:
             arch = dict(info["hf_config"])
             class_names = arch.pop("class_names", None)
@@ -320,6 +397,7 @@ def build_vjepa2(
 
 __all__ = [
     "DEFAULT_MODEL_KEYS",
+    "DEFAULT_MODEL_KEYS_2_1",
     "build_vjepa2",
     "load_vjepa2_state",
     "read_probe",
