@@ -54,11 +54,13 @@ class ModelOptions:
                      "backbone: VideoMAE vit_{nano,micro,tiny,small,base,large,huge}_patch16_224, "
                      "vit_giant_patch14_224; V-JEPA 2 vjepa2_vit_{large,huge,giant}_patch16_256, "
                      "vjepa2_vit_giant_patch16_384 (vjepa2_vit_{nano,micro}_patch16_256: tiny "
-                     "test sizes)")
+                     "test sizes); V-JEPA 2.1 "
+                     "vjepa2_1_vit_{base,large,giant,gigantic}_patch16_384 "
+                     "(vjepa2_1_vit_nano_patch16_384: tiny)")
     transfer_type: str = option("prompt", "prompt (APT) | linear | end2end | random | "
                              "vpt_shallow | vpt_deep | adapter | lora | bitfit; combine with '+'")
     input_size: int = option(224, "frame crop size in pixels (V-JEPA 2's crop is 256, 384 for "
-                          "vjepa2_vit_giant_patch16_384; --eval_preset sets it)")
+                          "vjepa2_vit_giant_patch16_384 and V-JEPA 2.1; --eval_preset sets it)")
     num_frames: int = option(16, "frames per clip")
     tubelet_size: int = option(2, "frames per patch token")
     fc_drop_rate: float = option(0.0, "dropout before the head")
