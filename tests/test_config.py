@@ -137,6 +137,9 @@ def test_eval_preset_fills_meta_protocols_for_the_model():
     assert (dive.model.num_frames, dive.data.sampling_rate, dive.data.test_num_segment,
             dive.model.input_size, dive.data.short_side_size) == (32, 2, 4, 384, 384)  # fmt: skip
     assert parse(["--model", VJ, "--eval_preset", "vjepa2-diving48"]).model.input_size == 256
+    v21 = parse(["--model", "vjepa2_1_vit_nano_patch16_384", "--eval_preset", "vjepa2-ssv2"])
+    assert (v21.model.input_size, v21.data.short_side_size) == (384, 384)
+    assert parse(["--model", "vit_nano", "--eval_preset", "vjepa2-k400"]).model.input_size == 256
 
 
 def test_eval_preset_lies_over_the_recipe_and_under_config_and_flags(tmp_path):

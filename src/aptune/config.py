@@ -119,8 +119,8 @@ class DataOptions:
     eval_preset: str = option("none", "Meta's V-JEPA 2 evaluation protocol: sets num_frames, "
                            "sampling_rate, sampling dense, test_num_segment, test_num_crop, "
                            "input_size, short_side_size (ssv2: 16x4, 2x3; k400: 16x4, 8x3; "
-                           "diving48: 32x2, 4x3; crop 256, 384 for the 384 giant); --config and "
-                           "flags override its values", choices=tuple(EVAL_PRESETS))
+                           "diving48: 32x2, 4x3; crop 256, or 384 for 384-pixel encoders); "
+                           "--config and flags override its values", choices=tuple(EVAL_PRESETS))
     is_aa: bool = option(False, "apply RandAugment (--aa)")
     aa: str = option("rand-m7-n4-mstd0.5-inc1", "timm RandAugment string")
     color_jitter: float = option(0.4, "parsed as in the reference, which never reads it")
@@ -273,10 +273,10 @@ class RunConfig:
         flat = _flatten(values, where)
         recipe = flat.get("recipe", "reference")
         preset = flat.get("eval_preset", "none")
-        model = _full_name(str(flat.get("model", ModelOptions.model)))
+        crop = _vjepa2_crop(str(flat.get("model", ModelOptions.model)))
         try:
             merged = {**recipe_values(recipe, f"{where}: recipe"),
-                      **preset_values(preset, model, f"{where}: eval_preset"), **flat}
+                      **preset_values(preset, crop, f"{where}: eval_preset"), **flat}
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         cfg = cls()
@@ -474,15 +474,15 @@ def _check_head(m: ModelOptions) -> None:
              f"{m.model} has VideoMAE's head: drop --head_checkpoint")  # fmt: skip
 
 
-def _full_name(model: str) -> str:
-    """The size table's name of ``model`` (``vit_base`` -> ``vit_base_patch16_224``); an
-    unknown name as given (validation names it)."""
-    from aptune.models.sizes import full_name
+def _vjepa2_crop(model: str) -> int | None:
+    """The pre-training crop of a V-JEPA 2 / 2.1 size (256 or 384); None for other or
+    unknown names (validation names an unknown one)."""
+    from aptune.models.sizes import VJEPA2_INPUT_SIZES, full_name
 
     try:
-        return full_name(model)
+        return VJEPA2_INPUT_SIZES.get(full_name(model))
     except ValueError:
-        return model
+        return None
 
 
 def _model_names() -> list[str]:

@@ -63,14 +63,13 @@ EVAL_PRESETS: dict[str, tuple[int, int, int, int] | None] = {
     "vjepa2-k400": (16, 4, 8, 3),
     "vjepa2-diving48": (32, 2, 4, 3),
 }
-#: Meta's evaluation crop; the 384-pixel giant evaluates at its own pre-training crop
-PRESET_CROPS = {"vjepa2_vit_giant_patch16_384": 384}
+#: Meta's evaluation crop; a 384-pixel encoder evaluates at its own pre-training crop
 PRESET_CROP = 256
 
 
-def preset_values(name: str, model: str, where: str = "--eval_preset") -> dict[str, Any]:
-    """The flag values evaluation preset ``name`` sets for ``model`` (its full size name);
-    they lie over the recipe's and under a ``--config`` file's and the flags'."""
+def preset_values(name: str, crop: int | None = None, where: str = "--eval_preset") -> dict:
+    """The flag values evaluation preset ``name`` sets, at the model's pre-training ``crop``
+    (None: 256); they lie over the recipe's and under a ``--config`` file's and the flags'."""
     if name not in EVAL_PRESETS:
         raise ValueError(f"{where} {name!r} is not a preset; choose one of "
                          f"{', '.join(EVAL_PRESETS)}")  # fmt: skip
@@ -78,7 +77,7 @@ def preset_values(name: str, model: str, where: str = "--eval_preset") -> dict[s
     if geometry is None:
         return {}
     frames, step, segments, crops = geometry
-    crop = PRESET_CROPS.get(model, PRESET_CROP)
+    crop = crop or PRESET_CROP
     return {
         "num_frames": frames, "sampling_rate": step, "sampling": "dense",
         "test_num_segment": segments, "test_num_crop": crops,
