@@ -391,6 +391,18 @@ def test_family_mix_ups_are_one_line(files, tmp_path):
         assert all(n in _one_line(e) for n in needles), str(e.value)
 
 
+def test_odd_sizes_and_non_encoder_keys_are_one_line(files, tmp_path):
+    odd = save_meta(tmp_path / "odd.pt", meta_encoder(2, dim=32, depth=1, hidden=64))
+    with pytest.raises(CheckpointError) as e:
+        aptune.build_model(NANO_2, checkpoint=odd, num_frames=FRAMES)
+    assert "a vjepa2_1_* name (e.g. --model vjepa2_1_vit_large_patch16_384)" in _one_line(e)
+    for key, needle in (("predictor", "predictor"), ("opt", "optimizer")):
+        with pytest.raises(CheckpointError) as e:
+            load(files["dist"], model_key=key)
+        msg = _one_line(e)
+        assert needle in msg and "ema_encoder" in msg, msg
+
+
 def test_a_hugging_face_v_jepa_2_folder_to_a_2_1_name_is_one_line(tmp_path):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.VJEPA2Config(

@@ -84,7 +84,9 @@ def _sizes_of(family: str, shape: tuple[int, int, int]) -> list[str]:
     ]  # fmt: skip
 
 
-def _family_error(where: str, sd: dict[str, torch.Tensor], family: str, layout: str):
+def _family_error(
+    where: str, sd: dict[str, torch.Tensor], family: str, layout: str
+) -> CheckpointError:
     """One line for a file of the other V-JEPA family: which it is and the ``--model`` that
     loads it (the matching size where the file has one)."""
     try:
@@ -92,8 +94,11 @@ def _family_error(where: str, sd: dict[str, torch.Tensor], family: str, layout: 
         match = _sizes_of(family, (got["embed_dim"], got["depth"], got["mlp_hidden"]))
     except CheckpointError:
         match = []
-    fix = f"--model {match[0]}" if match else f"a vjepa2{'_1' if family == '2.1' else ''}_* " \
-        f"name (e.g. --model {_FAMILY_EXAMPLE[family]})"  # fmt: skip
+    if match:
+        fix = f"--model {match[0]}"
+    else:
+        prefix = "vjepa2_1_" if family == "2.1" else "vjepa2_"
+        fix = f"a {prefix}* name (e.g. --model {_FAMILY_EXAMPLE[family]})"
     if family == "2.1":
         what = "a V-JEPA 2.1 encoder (video_mod_embed), not V-JEPA 2"
     elif layout == "hf":
@@ -110,8 +115,9 @@ def _select(obj: Any, file: Path, model_key: str, family: str = "2") -> dict[str
         raise checkpoint_error(file, f"holds a {type(obj).__name__}, not a checkpoint dict")
     for key in model_key.split("|"):
         if key in _NOT_ENCODERS and key in obj:
+            use = "ema_encoder, target_encoder" if family == "2.1" else "target_encoder"
             raise checkpoint_error(
-                file, f"--model_key {key} is {_NOT_ENCODERS[key]}; use target_encoder or encoder"
+                file, f"--model_key {key} is {_NOT_ENCODERS[key]}; use {use} or encoder"
             )
         if key and isinstance(obj.get(key), dict):
             return obj[key]
