@@ -80,21 +80,19 @@ def build_model(
     ``head_checkpoint`` is a Meta attentive-probe file for the head.
     """
     if is_vjepa2(model):
-        from aptune.models.vjepa2_load import build_vjepa2
-
-        return build_vjepa2(
+        return _build_vjepa2(
             model, num_classes=num_classes, transfer_type=transfer_type,
             num_frames=num_frames, input_size=input_size, tubelet_size=tubelet_size,
-            drop_path=drop_path, fc_drop_rate=fc_drop_rate, init_scale=init_scale,
             checkpoint=checkpoint if checkpoint is not None else finetune,
-            model_key=model_key, model_prefix=model_prefix, drop=drop,
-            attn_drop_rate=attn_drop_rate, attn_impl=attn_impl, use_checkpoint=use_checkpoint,
-            verbose=verbose, head=head or "attentive", head_checkpoint=head_checkpoint,
+            model_key=model_key, model_prefix=model_prefix, verbose=verbose,
+            head=head or "attentive", head_checkpoint=head_checkpoint,
             method_options=dict(
                 prompt_num_tokens=prompt_num_tokens, prompt_start=prompt_start,
                 prompt_end=prompt_end, prompt_dropout=prompt_dropout,
                 prompt_reparam=prompt_reparam, **method_options,
             ),
+            drop_path=drop_path, fc_drop_rate=fc_drop_rate, init_scale=init_scale, drop=drop,
+            attn_drop_rate=attn_drop_rate, attn_impl=attn_impl, use_checkpoint=use_checkpoint,
         )  # fmt: skip
     if head not in (None, "linear") or head_checkpoint is not None:
         raise ValueError(
@@ -182,6 +180,53 @@ def build_model(
         elif load_report.head_reset:
             head = f"; head initialised for {num_classes} classes"
         log.info("loaded %s (%s)%s", checkpoint, load_report.format, head)
+    mark_trainable(net, configs)
+    net.train()
+    if verbose:
+        print(parameter_report(net))
+    return net
+
+
+def _build_vjepa2(
+    name: str,
+    num_classes: int,
+    transfer_type: str,
+    method_options: dict[str, Any],
+    checkpoint: str | Path | None,
+    head_checkpoint: str | Path | None,
+    head: str,
+    model_key: str,
+    model_prefix: str,
+    num_frames: int | None,
+    input_size: int | None,
+    tubelet_size: int | None,
+    verbose: bool,
+    **build: Any,
+) -> VisionTransformer:
+    """``build_model`` for ``vjepa2_*`` names, in the same order: read the files
+    (``models/vjepa2_load.py``), build, attach the methods, load, decide what trains."""
+    from aptune.models.vjepa2 import create_vjepa2
+    from aptune.models.vjepa2_load import load_vjepa2_state, read_vjepa2_sources
+
+    configs = parse_transfer_type(transfer_type, method_options)
+    if any(c.name == "random" for c in configs):
+        checkpoint = head_checkpoint = None  # random init: no weights read
+    src = read_vjepa2_sources(
+        name, checkpoint, head_checkpoint, head, model_key, model_prefix, input_size
+    )
+    arch = dict(src.arch)
+    tubelet = arch.pop("tubelet_size", None)
+    net = create_vjepa2(
+        name, num_classes=num_classes, num_frames=num_frames or 16, img_size=src.input_size,
+        tubelet_size=tubelet_size or tubelet or 2, head=head,  # type: ignore[arg-type]
+        **build, **arch,
+    )  # fmt: skip
+    attach_methods(net, configs)
+    if src.state is not None:
+        missing = load_vjepa2_state(net, src.state, src.where, registered_prefixes())
+        log.info("loaded %s into %s (%d tensors kept their init)", src.where, name, len(missing))
+        if src.class_names and len(src.class_names) == num_classes and "head.weight" in src.state:
+            net.class_names = src.class_names  # a Hugging Face classifier's labels, head kept
     mark_trainable(net, configs)
     net.train()
     if verbose:

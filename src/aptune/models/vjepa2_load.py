@@ -12,6 +12,7 @@ the other V-JEPA family) is refused with one line naming it and the fix.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from aptune.models.checkpoint_io import (
     resolve_checkpoint_path,
 )
 from aptune.models.sizes import MLP_RATIOS, MODEL_SIZES, full_name, is_vjepa2_1, model_spec
-from aptune.models.vjepa2 import VJepa2, create_vjepa2
+from aptune.models.vjepa2 import VJepa2
 from aptune.models.vjepa2_keys import (
     convert_hf,
     convert_meta_2_1,
@@ -323,34 +324,33 @@ def load_vjepa2_state(
     return missing
 
 
-def build_vjepa2(
+@dataclass
+class VJepa2Sources:
+    """What the files given for a V-JEPA 2 model say: its tensors in our names (encoder and
+    probe together), constructor keywords they decide, and where they came from."""
+
+    state: dict[str, torch.Tensor] | None = None
+    arch: dict[str, Any] = field(default_factory=dict)
+    where: str = ""
+    class_names: list[str] | None = None
+    input_size: int | None = None
+
+
+def read_vjepa2_sources(
     name: str,
-    num_classes: int,
-    transfer_type: str,
-    method_options: dict[str, Any],
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | None,
     head_checkpoint: str | Path | None = None,
     head: str = "attentive",
     model_key: str = "model|module",
     model_prefix: str = "",
-    num_frames: int | None = None,
     input_size: int | None = None,
-    tubelet_size: int | None = None,
-    verbose: bool = False,
-    **build: Any,
-) -> VJepa2:
-    """``build_model`` for ``vjepa2_*`` names (same keywords); see the module docstring."""
-    from aptune.tuning import (
-        attach_methods,
-        mark_trainable,
-        parameter_report,
-        parse_transfer_type,
-        registered_prefixes,
-    )
+) -> VJepa2Sources:
+    """Read, rename and check the encoder file and the probe file of a ``vjepa2_*`` model.
 
-    configs = parse_transfer_type(transfer_type, method_options)
-    random_init = any(c.name == "random" for c in configs)
-    checkpoint = None if checkpoint in ("", None) or random_init else checkpoint
+    ``model_key`` ``model|module`` (the reference flag's default) means this family's
+    default keys; a Hugging Face ``config.json`` decides the architecture and the default
+    input size; a Meta file must be the named size.
+    """
     if head_checkpoint and head != "attentive":
         raise ValueError("--head_checkpoint is an attentive probe: use it with --head attentive")
     family = _family(name)
@@ -358,55 +358,36 @@ def build_vjepa2(
         keys = model_key
     else:
         keys = DEFAULT_MODEL_KEYS_2_1 if family == "2.1" else DEFAULT_MODEL_KEYS
-    sd: dict[str, torch.Tensor] | None = None
-    arch: dict[str, Any] = {}
-    class_names: list[str] | None = None
-    where = ""
-    if checkpoint is not None:
+    out = VJepa2Sources(input_size=input_size)
+    if checkpoint not in ("", None):
         sd, info = read_vjepa2_checkpoint(checkpoint, keys, model_prefix, family)
-        where = info["file"]
+        out.state, out.where = sd, info["file"]
         if info["layout"] == "vjepa2.1" and info["dropped"]:
-            log.info("%s: dropped %d tensors aptune does not use: %s", where,
+            log.info("%s: dropped %d tensors aptune does not use: %s", out.where,
                      len(info["dropped"]), _summary(info["dropped"]))  # fmt: skip
         if "hf_config" in info:
-            arch = dict(info["hf_config"])
-            class_names = arch.pop("class_names", None)
-            crop = arch.pop("img_size")
-            input_size = input_size or crop
+            out.arch = dict(info["hf_config"])
+            out.class_names = out.arch.pop("class_names", None)
+            crop = out.arch.pop("img_size")
+            out.input_size = input_size or crop
             log.info("architecture of %s read from its config.json", checkpoint)
         else:
-            _check_size(name, sd, where)
-    probe: dict[str, torch.Tensor] = {}
+            _check_size(name, sd, out.where)
     if head_checkpoint:
         probe, probe_file = read_probe(head_checkpoint)
-        arch.update(pooler_heads=16, pooler_eps=1e-5, pooler_depth=pooler_depth(probe))
-        where = f"{where} + {probe_file}" if where else probe_file
-    tubelet = arch.pop("tubelet_size", None)
-    net = create_vjepa2(
-        name, num_classes=num_classes, num_frames=num_frames or 16, img_size=input_size,
-        tubelet_size=tubelet_size or tubelet or 2, head=head,  # type: ignore[arg-type]
-        **build, **arch,
-    )  # fmt: skip
-    attach_methods(net, configs)
-    if sd is not None or probe:
-        sd = {**(sd or {}), **probe}
-        missing = load_vjepa2_state(net, sd, where, registered_prefixes())
-        log.info("loaded %s into %s (%d tensors kept their init)", where, name, len(missing))
-    if class_names and len(class_names) == num_classes and "head.weight" in (sd or {}):
-        net.class_names = class_names  # a Hugging Face classifier's labels, head kept
-    mark_trainable(net, configs)
-    net.train()
-    if verbose:
-        print(parameter_report(net))
-    return net
+        out.arch.update(pooler_heads=16, pooler_eps=1e-5, pooler_depth=pooler_depth(probe))
+        out.state = {**(out.state or {}), **probe}
+        out.where = f"{out.where} + {probe_file}" if out.where else probe_file
+    return out
 
 
 __all__ = [
     "DEFAULT_MODEL_KEYS",
     "DEFAULT_MODEL_KEYS_2_1",
-    "build_vjepa2",
+    "VJepa2Sources",
     "load_vjepa2_state",
     "read_probe",
+    "read_vjepa2_sources",
     "read_vjepa2_checkpoint",
     "read_vjepa2_config",
 ]
