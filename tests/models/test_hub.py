@@ -86,16 +86,21 @@ def hub(tmp_path_factory: pytest.TempPathFactory):
     return cache, models
 
 
-@pytest.fixture(autouse=True)
-def offline(hub, monkeypatch: pytest.MonkeyPatch):
+def use_offline_cache(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    """``HF_HUB_OFFLINE=1`` on ``cache``, and any socket connect fails the test."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub[0]))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
 
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("a Hub id touched the network")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
+
+
+@pytest.fixture(autouse=True)
+def offline(hub, monkeypatch: pytest.MonkeyPatch):
+    use_offline_cache(monkeypatch, hub[0])
 
 
 def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from method_checks import (
+    assert_loss_halves,
+    assert_steps_change_exactly_the_trainable,
+    assert_zero_init_output,
+)
 
 import aptune
 from aptune.models.rope import apply_rope, axis_dims, grid_positions, rope_tables, rotate_pairs
@@ -295,27 +300,8 @@ def test_method_table(case):
     }
     assert all(p.requires_grad for k, p in names.items() if k.startswith("pooler."))
 
-    # zero-init methods compute the frozen backbone's function; prompts do not
-    m.eval()
-    plain = build("linear")
-    own = m.state_dict()
-    plain.load_state_dict({k: own[k] for k in plain.state_dict()})
-    plain.eval()
-    with torch.no_grad():
-        out = m(X)
-        assert out.shape == (2, C)
-        assert torch.equal(out, plain(X)) == same_at_init
-
-    # three AdamW steps change exactly the trainable tensors
-    m.train()
-    before = {k: v.detach().clone() for k, v in names.items()}
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        opt.zero_grad()
-        F.cross_entropy(m(X), Y).backward()
-        opt.step()
-    changed = {k for k, v in m.named_parameters() if not torch.equal(v, before[k])}
-    assert changed == {k for k, v in m.named_parameters() if v.requires_grad}
+    assert_zero_init_output(m, build("linear"), X, C, same_at_init)
+    assert_steps_change_exactly_the_trainable(m, X, Y)
 
 
 def test_linear_head_option():
@@ -335,16 +321,7 @@ def test_apt_trains_on_cpu():
     """A short APT run on the tiny V-JEPA 2 lowers the loss of a fixed batch."""
     m = build("prompt", dict(prompt_num_tokens=4, prompt_reparam=True), seed=3)
     x = torch.randn(4, 3, FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
-    y = torch.tensor([0, 1, 2, 3])
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for _ in range(30):
-        opt.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
+    assert_loss_halves(m, x, torch.tensor([0, 1, 2, 3]))
 
 
 # -- named sizes on the meta device -----------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from method_checks import assert_loss_halves
 
 import aptune
 from aptune.models.checkpoint_files import CheckpointError
@@ -335,18 +336,8 @@ def test_end2end_reaches_video_mod_embed():
 def test_apt_trains_on_a_tiny_2_1_model(files):
     torch.manual_seed(3)
     m = load(files["dist"], transfer_type="prompt", prompt_num_tokens=4, prompt_reparam=True)
-    m.train()
     x = torch.randn(4, 3, FRAMES, H, W, generator=torch.Generator().manual_seed(5))
-    y = torch.tensor([0, 1, 2, 3])
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for _ in range(30):
-        opt.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
+    assert_loss_halves(m, x, torch.tensor([0, 1, 2, 3]))
 
 
 def test_bf16_autocast_runs():

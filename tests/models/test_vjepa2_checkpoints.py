@@ -9,7 +9,6 @@ kv, ``linear``), ``save_pretrained`` folders and a Hub cache used offline.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from aptune.models.checkpoint_files import CheckpointError
 
 transformers = pytest.importorskip("transformers")
 
-from test_hub import COMMIT, lay_out_repo  # noqa: E402  (same folder; after the skip)
+from test_hub import COMMIT, lay_out_repo, use_offline_cache  # noqa: E402  (same folder; after the skip)
 
 CLASSES = 5
 #: transformers' pooler uses the encoder's heads; Meta's probes 16: one count fits both
@@ -184,13 +183,7 @@ def test_hub_id_offline_from_the_cache(files, tmp_path: Path, monkeypatch) -> No
     folder = files["dir"] / "classifier"
     blobs = {n: (folder / n).read_bytes() for n in ("config.json", "model.safetensors")}
     lay_out_repo(tmp_path / "cache", "facebook/vjepa2-test-ssv2", COMMIT, blobs)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a Hub id touched the network")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
+    use_offline_cache(monkeypatch, tmp_path / "cache")
     for source in ("facebook/vjepa2-test-ssv2", f"hf://facebook/vjepa2-test-ssv2@{COMMIT}"):
         model = aptune.build_model(TEST_NAME, checkpoint=source, num_classes=CLASSES,
                                    num_frames=4, transfer_type="linear")  # fmt: skip

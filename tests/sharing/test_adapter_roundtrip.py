@@ -8,7 +8,6 @@ connect failing the test: the base is ``ORG/VIDEOMAE`` there, each adapter ``ORG
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from safetensors import safe_open
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
 from sharing_support import CLASSES, METHODS, X, logits, make_run  # noqa: E402
-from test_hub import lay_out_repo  # noqa: E402
+from test_hub import lay_out_repo, use_offline_cache  # noqa: E402
 
 import aptune  # noqa: E402
 from aptune.cli import main  # noqa: E402
@@ -135,14 +134,7 @@ def hub(hf_base, tmp_path_factory):
 
 @pytest.fixture
 def offline(hub, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub[0]))
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a Hub id touched the network")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
+    use_offline_cache(monkeypatch, hub[0])
 
 
 @pytest.mark.parametrize("method", list(METHODS))

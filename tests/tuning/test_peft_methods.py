@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_checks import assert_steps_change_exactly_the_trainable, assert_zero_init_output
 from safetensors.torch import load_file, save_file
 
 import aptune
@@ -94,27 +95,8 @@ def test_method_table(case, tmp_path):
         k for k in names if allowed(m, k, transfer_type)
     }
 
-    # untrained zero-init methods compute the frozen backbone exactly; prompts do not
-    m.eval()
-    plain = build("linear", {})
-    own = m.state_dict()
-    plain.load_state_dict({k: own[k] for k in plain.state_dict()})
-    plain.eval()
-    with torch.no_grad():
-        out = m(X)
-        assert out.shape == (2, C)
-        assert torch.equal(out, plain(X)) == same_at_init
-
-    # three AdamW steps change exactly the trainable tensors
-    m.train()
-    before = {k: v.detach().clone() for k, v in names.items()}
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(m(X), Y).backward()
-        opt.step()
-    changed = {k for k, v in m.named_parameters() if not torch.equal(v, before[k])}
-    assert changed == {k for k, v in m.named_parameters() if v.requires_grad}
+    assert_zero_init_output(m, build("linear", {}), X, C, same_at_init)
+    assert_steps_change_exactly_the_trainable(m, X, Y)
 
     # trainable-only checkpoint -> fresh model of the same config -> identical logits.
     # The frozen part comes from the same seed here (from the backbone checkpoint in use).

@@ -28,6 +28,7 @@ from aptune.models.checkpoint_io import read_checkpoint
 from aptune.models.hf_keys import convert_hf
 from aptune.models.layers import sinusoid_table
 from aptune.models.vit import MODEL_SIZES
+from aptune.models.vjepa2_keys import is_vjepa2_state
 
 FORMATS = ("videomae-pretrain", "videomae-finetune", "apt-reference", "hf", "hf-pretrain", "aptune")
 #: The reference APT file's top-level prompt tensors (ours live under ``kv_prompts.``).
@@ -131,25 +132,12 @@ def uses_cos_attn(raw: dict[str, torch.Tensor]) -> bool:
     return any(k.endswith("attn.scale") for k in raw)
 
 
-def _looks_vjepa2(raw: dict[str, torch.Tensor]) -> bool:
-    """V-JEPA 2's layout: a video tubelet embedding, one bias over q, k and v (VideoMAE has
-    q_bias and v_bias) and no position table (rotary positions)."""
-    if any(k.startswith("vjepa2.") for k in raw):
-        return True
-    embed = [v for k, v in raw.items() if k.endswith("patch_embed.proj.weight")]
-    return (
-        bool(embed) and embed[0].ndim == 5
-        and any(k.endswith("blocks.0.attn.qkv.bias") for k in raw)
-        and not any(k.endswith("pos_embed") for k in raw)
-    )  # fmt: skip
-
-
 def _convert(
     raw: dict[str, torch.Tensor], where: str, method_prefixes: tuple[str, ...]
 ) -> tuple[dict, str, list[str]]:
     """(our state dict, format, dropped original keys)."""
     raw = _strip_common(raw)
-    if _looks_vjepa2(raw):
+    if is_vjepa2_state(raw):
         raise CheckpointError(
             f"{where}: a V-JEPA 2 checkpoint; build it with a vjepa2_* model name "
             "(e.g. --model vjepa2_vit_large_patch16_256)"

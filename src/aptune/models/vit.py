@@ -319,15 +319,29 @@ class VisionTransformer(nn.Module):
 
     # -- forward -------------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> the last block's data tokens (B, N, D), before pooling."""
+        """(B, 3, T, H, W) -> the encoder's output tokens (B, N, D), before pooling
+        (VideoMAE: the last block's; a backbone with a final norm: after it)."""
+        rope = self.rotary_positions(x)
         frozen = self.no_grad_prefix() if torch.is_grad_enabled() else 0
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            x = self.patch_embed(x)  # (B, N, D)
-            x = self.pos_drop(x + self.pos_embed.to(dtype=x.dtype))
-            x = self._run_blocks(x, 0, frozen)
-        x = self._run_blocks(x, frozen, self.depth)
+            x = self.embed_tokens(x)  # (B, N, D)
+            x = self._run_blocks(x, 0, frozen, rope)
+        x = self._run_blocks(x, frozen, self.depth, rope)
         if self.seq_prompts is not None:
             x = self.seq_prompts.drop(x)  # (B, N, D): the head sees data tokens only
+        return self.finish_tokens(x)
+
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips -> the first block's input: tubelet embedding + the position table."""
+        x = self.patch_embed(x)
+        return self.pos_drop(x + self.pos_embed.to(dtype=x.dtype))
+
+    def rotary_positions(self, x: torch.Tensor) -> tuple | None:
+        """(cos, sin) tables of rotary positions for the input's grid; VideoMAE has none."""
+        return None
+
+    def finish_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's tokens -> the encoder's output (VideoMAE: as they are)."""
         return x
 
     def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,6 @@ last hierarchical norm (Meta's ``norms_block[-1]``) as the final ``norm``.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Literal
 
 import torch
@@ -120,25 +119,21 @@ class VJepa2(VisionTransformer):
         self.grad_checkpointing = use_checkpoint
         self.reset_head(num_classes)
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> the encoder's output tokens (B, N, D) after its final norm.
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Tubelet embedding (+ V-JEPA 2.1's ``video_mod_embed``); no position table."""
+        x = self.patch_embed(x)  # (B, N, D)
+        if self.video_mod_embed is not None:
+            x = x + self.video_mod_embed.to(dtype=x.dtype)
+        return self.pos_drop(x)
 
-        Rotary positions come from the input's own token grid, so any T (multiple of 2)
-        and H, W (multiples of 16) run, as in Meta's code (V-JEPA 2.1 scales the height and
-        width positions onto its 16 x 16 pre-training grid).
-        """
-        grid = self.patch_embed.grid_of(x)
-        rope = self.rope_tables(grid, x.device)
-        frozen = self.no_grad_prefix() if torch.is_grad_enabled() else 0
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            x = self.patch_embed(x)  # (B, N, D)
-            if self.video_mod_embed is not None:
-                x = x + self.video_mod_embed.to(dtype=x.dtype)
-            x = self.pos_drop(x)
-            x = self._run_blocks(x, 0, frozen, rope)
-        x = self._run_blocks(x, frozen, self.depth, rope)
-        if self.seq_prompts is not None:
-            x = self.seq_prompts.drop(x)  # (B, N, D): data tokens only
+    def rotary_positions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary tables of the input's own token grid, so any T (multiple of 2) and H, W
+        (multiples of 16) run, as in Meta's code (V-JEPA 2.1 scales the height and width
+        positions onto its 16 x 16 pre-training grid)."""
+        return self.rope_tables(self.patch_embed.grid_of(x), x.device)
+
+    def finish_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm: ``forward_tokens`` returns the encoder's output after it."""
         return self.norm(x)
 
     def rope_tables(

@@ -54,6 +54,21 @@ def strip_wrappers(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def is_vjepa2_state(raw: dict[str, torch.Tensor]) -> bool:
+    """A V-JEPA 2 (or 2.1) state dict, whatever its wrappers: Hugging Face's ``vjepa2.``
+    keys, or a video tubelet embedding with one bias over q, k and v (VideoMAE has q_bias
+    and v_bias; an image ViT a 4-D embedding) and no position table (rotary positions).
+    What the VideoMAE loader asks before refusing such a file with one line."""
+    if any(k.startswith("vjepa2.") for k in raw):
+        return True
+    embed = [v for k, v in raw.items() if k.endswith("patch_embed.proj.weight")]
+    return (
+        bool(embed) and embed[0].ndim == 5
+        and any(k.endswith("blocks.0.attn.qkv.bias") for k in raw)
+        and not any(k.endswith("pos_embed") for k in raw)
+    )  # fmt: skip
+
+
 def detect_layout(keys: list[str]) -> str:
     """``hf`` | ``meta`` (Meta's encoder, or aptune's own file) | ``probe`` (head only) |
     ``predictor`` | ``vjepa2.1`` | ``videomae`` | ``unknown``."""
@@ -191,6 +206,7 @@ __all__ = [
     "convert_probe",
     "detect_layout",
     "encoder_shape",
+    "is_vjepa2_state",
     "pooler_depth",
     "strip_wrappers",
 ]
